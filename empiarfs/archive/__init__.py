@@ -1,0 +1,1 @@
+"""EMPIAR itself: REST metadata, directory listings, exact sizes, code tables."""

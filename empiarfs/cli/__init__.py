@@ -1,0 +1,85 @@
+"""The ``empiarfs`` command. The only place that configures logging.
+
+Each command group lives in its own module under ``empiarfs.cli`` and
+attaches itself to :data:`main`; this module imports them all.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+
+import click
+
+from .. import __version__
+from ..config import Settings
+from ..errors import EmpiarfsError
+
+EXIT_OK, EXIT_ERROR, EXIT_USAGE = 0, 1, 2
+
+
+class _Group(click.Group):
+    """Turns empiarfs errors into one clear line and exit code 1."""
+
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except EmpiarfsError as exc:
+            click.echo(f"empiarfs: error: {exc}", err=True)
+            ctx.exit(EXIT_ERROR)
+
+
+def archive_options(func):
+    """--api-url/--data-url/--ftp-url, shared by every command that talks
+    to the archive. Values also come from EMPIARFS_API_URL etc."""
+    func = click.option("--ftp-url", default=None, metavar="URL",
+                        help="Anonymous FTP base ('' disables FTP). Env: EMPIARFS_FTP_URL.")(func)
+    func = click.option("--data-url", default=None, metavar="URL",
+                        help="Data tree base. Env: EMPIARFS_DATA_URL.")(func)
+    func = click.option("--api-url", default=None, metavar="URL",
+                        help="REST API base. Env: EMPIARFS_API_URL.")(func)
+    return func
+
+
+def settings_from(ctx_obj: dict, **overrides) -> Settings:
+    """Settings from file/env plus command-line overrides (None = unset)."""
+    return Settings.load(config_file=ctx_obj.get("config"), **overrides)
+
+
+@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="empiarfs")
+@click.option("-v", "--verbose", count=True, help="-v for info, -vv for debug logging.")
+@click.option("--config", type=click.Path(dir_okay=False), default=None,
+              help="Config file (INI, section [empiarfs]). Env: EMPIARFS_CONFIG.")
+@click.pass_context
+def main(ctx, verbose, config):
+    """empiarfs: the EMPIAR archive as a read-only filesystem.
+
+    \b
+    Mount the whole archive and read files in place:
+      empiarfs mount /mnt/empiar
+      ls /mnt/empiar/EMPIAR-10002/data
+    Try it offline on a built-in sample archive:
+      empiarfs demo /tmp/empiar
+    """
+    level = {0: logging.WARNING, 1: logging.INFO}.get(verbose, logging.DEBUG)
+    logging.basicConfig(level=level, stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    ctx.ensure_object(dict)
+    ctx.obj["config"] = config
+    ctx.obj["verbose"] = verbose
+
+
+def _load_commands():
+    # Imported for their side effect of attaching commands to `main`.
+    import importlib
+
+    for name in COMMAND_MODULES:
+        importlib.import_module(f"{__name__}.{name}")
+
+
+# One module per command group; each owner adds its own line.
+COMMAND_MODULES = [
+]
+
+_load_commands()
