@@ -7,6 +7,8 @@ Pure data and lookups; imports nothing internal.
 
 from __future__ import annotations
 
+import re
+
 CATEGORY = {
     "T1": "micrographs - single frame",
     "T2": "micrographs - multiframe",
@@ -117,3 +119,112 @@ def scale_code(label_text: str | None) -> int | None:
         if value == wanted:
             return key
     return None
+
+
+# --- Deposition JSON spellings ------------------------------------------
+# Deposition JSON writes codes as Python-tuple strings: "('T2', '')" or
+# "('OT', 'free text')". The official schema's regexes are loosely anchored
+# (``^(A)|B$``), so we parse with our own strict pattern.
+
+_TUPLE_RE = re.compile(r"^\('(T(?:1[0-4]|[1-9])|OT)', '([^'\\]*)'\)$")
+
+RELEASE_DATE = {
+    "RE": "release after processing",
+    "EP": "release after the related EMDB entry",
+    "HP": "hold until the primary citation is published",
+    "HO": "hold for one year",
+}
+
+# "Other" text in header/data/voxel codes must match this (deposition rule).
+OTHER_TEXT_RE = re.compile(r"^[A-Z0-9 ]+$")
+
+
+def tuple_string(code_value: str, text: str = "") -> str:
+    """``("T2", "")`` -> ``"('T2', '')"``; quotes in ``text`` are dropped
+    because the deposition format has no escape for them."""
+    clean = str(text).replace("'", "").replace("\\", "")
+    return f"('{code_value}', '{clean}')"
+
+
+def parse_tuple_string(value) -> tuple[str, str] | None:
+    """``"('T2', '')"`` -> ``("T2", "")``; None if ``value`` is not exactly
+    one tuple-string (strict, unlike the deposition schema's regex)."""
+    if not isinstance(value, str):
+        return None
+    match = _TUPLE_RE.match(value.strip())
+    return (match.group(1), match.group(2)) if match else None
+
+
+def deposition_code(table: str, value) -> str | None:
+    """Any spelling of an imageset code -> its deposition tuple-string.
+
+    Accepts a tuple-string (``"('T2', '')"``), a bare code (``"T2"``) or an
+    API label (``"micrographs - multiframe"``); unknown labels become
+    ``('OT', label)``. None for empty input.
+    """
+    if value is None or not str(value).strip():
+        return None
+    parsed = parse_tuple_string(value)
+    if parsed:
+        return tuple_string(*parsed)
+    text = str(value).strip()
+    if text.upper() in TABLES[table]:
+        return tuple_string(text.upper())
+    key, other = code(table, text)
+    if key == "OT" and table != "category":
+        other = other.upper()   # header/data/voxel "other" text is capitals only
+    return tuple_string(key, other)
+
+
+def deposition_label(table: str, value) -> str | None:
+    """The API label of a deposition tuple-string (``"('T2', '')"`` ->
+    ``"micrographs - multiframe"``; ``"('OT', 'x')"`` -> ``"x"``)."""
+    parsed = parse_tuple_string(value)
+    if parsed is None:
+        return None
+    key, text = parsed
+    return text if key == "OT" else label(table, key)
+
+
+# ISO 3166-1 alpha-2 codes (deposition wants these for countries), and the
+# English short names the API and XML headers print for common ones.
+ISO_COUNTRIES = frozenset("""
+AD AE AF AG AI AL AM AO AQ AR AS AT AU AW AX AZ BA BB BD BE BF BG BH BI BJ BL
+BM BN BO BQ BR BS BT BV BW BY BZ CA CC CD CF CG CH CI CK CL CM CN CO CR CU CV
+CW CX CY CZ DE DJ DK DM DO DZ EC EE EG EH ER ES ET FI FJ FK FM FO FR GA GB GD
+GE GF GG GH GI GL GM GN GP GQ GR GS GT GU GW GY HK HM HN HR HT HU ID IE IL IM
+IN IO IQ IR IS IT JE JM JO JP KE KG KH KI KM KN KP KR KW KY KZ LA LB LC LI LK
+LR LS LT LU LV LY MA MC MD ME MF MG MH MK ML MM MN MO MP MQ MR MS MT MU MV MW
+MX MY MZ NA NC NE NF NG NI NL NO NP NR NU NZ OM PA PE PF PG PH PK PL PM PN PR
+PS PT PW PY QA RE RO RS RU RW SA SB SC SD SE SG SH SI SJ SK SL SM SN SO SR SS
+ST SV SX SY SZ TC TD TF TG TH TJ TK TL TM TN TO TR TT TV TW TZ UA UG UM US UY
+UZ VA VC VE VG VI VN VU WF WS YE YT ZA ZM ZW
+""".split())
+
+COUNTRY_NAMES = {
+    "argentina": "AR", "australia": "AU", "austria": "AT", "belgium": "BE",
+    "brazil": "BR", "canada": "CA", "chile": "CL", "china": "CN",
+    "czech republic": "CZ", "czechia": "CZ", "denmark": "DK", "estonia": "EE",
+    "finland": "FI", "france": "FR", "germany": "DE", "greece": "GR",
+    "hong kong": "HK", "hungary": "HU", "india": "IN", "ireland": "IE",
+    "israel": "IL", "italy": "IT", "japan": "JP", "korea, republic of": "KR",
+    "south korea": "KR", "republic of korea": "KR", "lithuania": "LT",
+    "luxembourg": "LU", "mexico": "MX", "netherlands": "NL",
+    "the netherlands": "NL", "new zealand": "NZ", "norway": "NO",
+    "poland": "PL", "portugal": "PT", "russia": "RU",
+    "russian federation": "RU", "saudi arabia": "SA", "singapore": "SG",
+    "slovakia": "SK", "slovenia": "SI", "south africa": "ZA", "spain": "ES",
+    "sweden": "SE", "switzerland": "CH", "taiwan": "TW", "turkey": "TR",
+    "ukraine": "UA", "united kingdom": "GB", "uk": "GB", "great britain": "GB",
+    "united states": "US", "united states of america": "US", "usa": "US",
+}
+
+
+def country_code(value) -> str | None:
+    """``"United Kingdom"`` or ``"gb"`` -> ``"GB"``; None when unknown."""
+    if value is None:
+        return None
+    text = " ".join(str(value).split())
+    if text.upper() in ISO_COUNTRIES:
+        return text.upper()
+    return COUNTRY_NAMES.get(text.lower())
