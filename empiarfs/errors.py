@@ -75,3 +75,25 @@ class ReadOnly(EmpiarfsError, PermissionError):
     """empiarfs never writes to the archive."""
 
     errno = _errno.EROFS
+
+
+class BadFile(EmpiarfsError, ValueError):
+    """A file's contents cannot be parsed as the format it claims to be
+    (corrupt or truncated MRC header, data block shorter than the header
+    says, unreadable TIFF)."""
+
+    errno = _errno.EIO
+
+    def __init__(self, message, *, path=None):
+        super().__init__(message)
+        self.path = path
+
+    def __str__(self):
+        return self.args[0] if self.args else "bad file"
+
+
+class MissingDependency(EmpiarfsError, ImportError):
+    """An optional package needed to decode a file is not installed
+    (for example ``imagecodecs`` for EER). The message names the package."""
+
+    errno = _errno.ENOSYS
