@@ -156,6 +156,41 @@ class CacheSource(Protocol):
         ...
 
 
+class DiskCacheSource:
+    """:class:`CacheSource` over the shared :class:`empiarfs.cache.disk.DiskStore`.
+
+    The mount keys blocks by the catalog's fingerprint, which may lack the
+    ETag (FTP listings) and never carries Last-Modified, so several keys
+    are tried. Only :meth:`DiskStore.has` is used to probe: ``get`` with a
+    different fingerprint would make the store drop the other version.
+    """
+
+    def __init__(self, store):
+        self.store = store
+
+    def read(self, url: str, fingerprint: Fingerprint, start: int, end: int) -> bytes | None:
+        if end <= start:
+            return b""
+        size = self.store.block_size
+        first, last = start // size, (end - 1) // size
+        candidates = []
+        for cand in (Fingerprint(fingerprint.size, fingerprint.etag, None),
+                     Fingerprint(fingerprint.size, None, None), fingerprint):
+            if cand not in candidates:
+                candidates.append(cand)
+        for cand in candidates:
+            if not all(self.store.has(url, cand, i) for i in range(first, last + 1)):
+                continue
+            blocks = [self.store.get(url, cand, i) for i in range(first, last + 1)]
+            if any(b is None for b in blocks):
+                return None
+            blob = b"".join(blocks)
+            offset = start - first * size
+            data = blob[offset:offset + (end - start)]
+            return data if len(data) == end - start else None
+        return None
+
+
 # -- progress events ------------------------------------------------------
 
 
@@ -688,7 +723,7 @@ def targets_from_lines(lines: Iterable[str], archive, settings) -> list[Target]:
 
 
 __all__ = [
-    "Downloader", "Target", "FileResult", "Summary", "PlanItem", "Listener", "CacheSource",
+    "Downloader", "DiskCacheSource", "Target", "FileResult", "Summary", "PlanItem", "Listener", "CacheSource",
     "OutputError", "destination", "parse_list_line", "targets_for", "targets_from_lines",
     "merge_ranges", "missing_pieces", "read_sidecar",
 ]
