@@ -1,0 +1,734 @@
+"""The HTTP transport: pooled sessions, timeouts, retries, hedging, checked
+range reads and counters.
+
+Everything empiarfs sends over HTTP goes through one :class:`Transport`.
+Its promises (see docs/architecture.md):
+
+* every request has a connect timeout and a stall timeout (socket
+  inactivity), and an optional absolute ``deadline``; nothing hangs;
+* retries are a :class:`RetryPolicy` value: idempotent methods only, on
+  connection errors, stalls, truncated bodies and 429/5xx, with capped
+  jittered exponential backoff that honours ``Retry-After``;
+* range replies are checked before they are trusted (status, Content-Range
+  start, body length, file fingerprint) -- a wrong answer is an error, never
+  data;
+* redirects go only to the configured hosts.
+
+Imports only config, errors and model.
+
+Threading: a ``Transport`` is shared by all threads. ``requests.Session`` is
+used concurrently (the pool is thread-safe); counters sit behind one lock.
+Hedged attempts run on a private thread pool; a losing attempt is flagged
+and stops at its next chunk (or at its stall timeout), never blocking the
+caller.
+"""
+
+from __future__ import annotations
+
+import email.utils
+import importlib.metadata
+import json
+import logging
+import random
+import re
+import threading
+import time
+from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeout
+from concurrent.futures import wait as wait_futures
+from dataclasses import dataclass, field
+from typing import Callable, Optional
+from urllib.parse import urljoin, urlsplit
+
+import requests
+import urllib3.exceptions
+from requests.adapters import HTTPAdapter
+
+from .config import Settings
+from .errors import BadResponse, DeadlineExceeded, NotFound, RemoteError, StaleFile
+from .model import Fingerprint
+
+log = logging.getLogger(__name__)
+
+
+
+def _version() -> str:
+    try:
+        return importlib.metadata.version("empiarfs")
+    except importlib.metadata.PackageNotFoundError:  # running from a source tree
+        return "0"
+
+
+USER_AGENT = f"empiarfs/{_version()} (+https://github.com/empiarfs)"
+MiB = 1024 * 1024
+# Largest text/JSON body we accept (directory listings of 100k files are
+# about 25 MiB of HTML).
+MAX_TEXT_BYTES = 64 * MiB
+CHUNK = 64 * 1024
+MAX_REDIRECTS = 10
+_REDIRECT_STATUSES = (301, 302, 303, 307, 308)
+_CONTENT_RANGE_RE = re.compile(r"^\s*bytes\s+(?:(\d+)-(\d+)|\*)\s*/\s*(\d+|\*)\s*$", re.I)
+
+
+# --------------------------------------------------------------------------
+# Values
+
+
+@dataclass(frozen=True)
+class RemoteStat:
+    """What a HEAD tells about one remote file.
+
+    ``size`` is ``None`` when the server sent no Content-Length; ``url`` is
+    the final URL after redirects (it ends with ``/`` for a directory).
+    """
+
+    size: Optional[int]
+    etag: Optional[str] = None
+    last_modified: Optional[str] = None
+    mtime: Optional[float] = None
+    url: str = ""
+
+    @property
+    def fingerprint(self) -> Fingerprint:
+        return Fingerprint(self.size or 0, self.etag, self.last_modified)
+
+
+def parse_retry_after(value, now: Optional[float] = None) -> Optional[float]:
+    """Seconds to wait from a ``Retry-After`` header (delta-seconds or an
+    HTTP date); ``None`` when absent or unparsable. Never negative."""
+    if value is None:
+        return None
+    text = str(value).strip()
+    if not text:
+        return None
+    if text.isdigit():
+        return float(text)
+    try:
+        when = email.utils.parsedate_to_datetime(text)
+    except (TypeError, ValueError, IndexError):
+        return None
+    if when is None:
+        return None
+    now = time.time() if now is None else now
+    return max(0.0, when.timestamp() - now)
+
+
+def parse_http_date(value) -> Optional[float]:
+    """Epoch seconds from an HTTP date (``Last-Modified``), or ``None``."""
+    if not value:
+        return None
+    try:
+        when = email.utils.parsedate_to_datetime(str(value))
+    except (TypeError, ValueError, IndexError):
+        return None
+    return None if when is None else when.timestamp()
+
+
+def parse_content_range(value):
+    """``"bytes 0-99/1000"`` -> ``(0, 99, 1000)``; ``"bytes */1000"`` ->
+    ``(None, None, 1000)``; a ``*`` total becomes ``None``.
+
+    Raises
+    ------
+    BadResponse
+        If the header is missing or malformed.
+    """
+    match = _CONTENT_RANGE_RE.match(value or "")
+    if not match:
+        raise BadResponse(f"malformed Content-Range: {value!r}")
+    first, last, total = match.groups()
+    return (
+        None if first is None else int(first),
+        None if last is None else int(last),
+        None if total == "*" else int(total),
+    )
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """When and how long to wait before trying a request again (an
+    immutable value, in the manner of ``urllib3.Retry``).
+
+    ``retries`` counts retries after the first attempt. Only ``methods``
+    are retried unless the caller declares the request idempotent (the
+    batch POST of the entry API is a read).
+    """
+
+    retries: int = 5
+    backoff_base: float = 0.25
+    backoff_max: float = 4.0
+    retry_after_max: float = 30.0
+    statuses: frozenset = frozenset({429, 500, 502, 503, 504})
+    methods: frozenset = frozenset({"GET", "HEAD"})
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> "RetryPolicy":
+        return cls(
+            retries=max(0, int(settings.retries)),
+            backoff_max=max(0.0, float(settings.backoff_max)),
+            backoff_base=min(0.25, max(0.0, float(settings.backoff_max))),
+        )
+
+    def allows(self, method: str, retries_done: int, idempotent: Optional[bool] = None) -> bool:
+        """May a request that already had ``retries_done`` retries go again?"""
+        if retries_done >= self.retries:
+            return False
+        if idempotent is not None:
+            return idempotent
+        return method.upper() in self.methods
+
+    def backoff(self, retry_number: int, retry_after: Optional[float] = None) -> float:
+        """Seconds to sleep before retry number ``retry_number`` (1-based):
+        jittered exponential, capped at ``backoff_max``; a server's
+        ``Retry-After`` wins when longer, capped at ``retry_after_max``."""
+        ceiling = min(self.backoff_max, self.backoff_base * (2 ** max(0, retry_number - 1)))
+        delay = ceiling * random.uniform(0.5, 1.0)
+        if retry_after is not None:
+            delay = max(delay, min(retry_after, self.retry_after_max))
+        return delay
+
+
+class TransportStats:
+    """Thread-safe counters; :meth:`snapshot` returns a plain dict."""
+
+    _NAMES = ("requests", "bytes", "retries", "hedges", "stalls", "errors", "ignored_ranges")
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        self._counts = dict.fromkeys(self._NAMES, 0)
+        self._errors: dict[str, int] = {}
+
+    def add(self, name: str, n: int = 1) -> None:
+        with self._lock:
+            self._counts[name] = self._counts.get(name, 0) + n
+
+    def error(self, kind: str) -> None:
+        with self._lock:
+            self._counts["errors"] += 1
+            self._errors[kind] = self._errors.get(kind, 0) + 1
+
+    def snapshot(self) -> dict:
+        """Counters at this moment. ``bytes_received`` is an alias of
+        ``bytes``; ``errors_by_kind`` maps e.g. ``"stall"``, ``"http_503"``."""
+        with self._lock:
+            out = dict(self._counts)
+            out["bytes_received"] = out["bytes"]
+            out["errors_by_kind"] = dict(self._errors)
+        return out
+
+
+# --------------------------------------------------------------------------
+# Internal failure kinds
+
+
+class _Transient(RemoteError):
+    """One attempt failed in a way worth retrying."""
+
+    def __init__(self, message, *, kind, url=None, status=None, retry_after=None):
+        super().__init__(message, url=url, status=status)
+        self.kind = kind
+        self.retry_after = retry_after
+
+    def final(self, attempts: int) -> RemoteError:
+        cls = BadResponse if self.kind == "truncated" else RemoteError
+        return cls(
+            f"{self.args[0]} (gave up after {attempts} attempt{'s' if attempts > 1 else ''}; "
+            "the archive may be down or overloaded, try again later)",
+            url=self.url,
+            status=self.status,
+        )
+
+
+class _Cancelled(Exception):
+    """A hedged attempt lost the race."""
+
+
+@dataclass
+class _Attempt:
+    """Shared state of one attempt running on the hedge pool."""
+
+    started: threading.Event = field(default_factory=threading.Event)
+    cancelled: bool = False
+
+    def check(self):
+        if self.cancelled:
+            raise _Cancelled()
+
+
+# --------------------------------------------------------------------------
+# The transport
+
+
+class Transport:
+    """Pooled, timed, retried HTTP(S) access to the archive.
+
+    Parameters
+    ----------
+    settings : Settings
+        URLs, timeouts (``connect_timeout``, ``stall_timeout``,
+        ``hedge_after``), ``retries``, ``backoff_max``, ``parallel_total``
+        (connection pool size), ``verify_tls``, ``allowed_redirect_hosts``.
+    retry : RetryPolicy, optional
+        Overrides the policy built from ``settings``.
+    """
+
+    def __init__(self, settings: Settings, retry: Optional[RetryPolicy] = None):
+        self.settings = settings
+        self.retry = retry or RetryPolicy.from_settings(settings)
+        self.stats = TransportStats()
+        pool = max(1, int(settings.parallel_total))
+        self.session = requests.Session()
+        # pool_block: never more than `pool` connections per host; callers
+        # wait for a free one (every holder is bounded by its timeouts).
+        adapter = HTTPAdapter(pool_connections=4, pool_maxsize=pool, pool_block=True, max_retries=0)
+        self.session.mount("http://", adapter)
+        self.session.mount("https://", adapter)
+        self.session.headers["User-Agent"] = USER_AGENT
+        self.session.verify = bool(settings.verify_tls)
+        # Hosts redirects may lead to.
+        hosts = {urlsplit(u).hostname for u in (settings.api_url, settings.data_url) if u}
+        hosts.update(h.lower() for h in settings.allowed_redirect_hosts)
+        self._redirect_hosts = {h.lower() for h in hosts if h}
+        self._hedge_pool = ThreadPoolExecutor(
+            max_workers=2 * pool + 2, thread_name_prefix="empiarfs-http"
+        )
+        self._ignores_ranges: set[str] = set()
+        self._closed = False
+
+    # -- public verbs -------------------------------------------------------
+
+    def get_json(self, url: str, method: str = "GET", data=None, *, idempotent=None, deadline=None):
+        """GET (or POST ``data``) and decode a JSON body.
+
+        Raises
+        ------
+        NotFound
+            On 404/410.
+        BadResponse
+            If the body is not JSON, or too large.
+        RemoteError
+            If the server cannot be reached or keeps failing.
+        """
+        body = self._request(
+            method, url, data=data, idempotent=idempotent, deadline=deadline,
+            consume=lambda resp, final, ctl: self._read_body(resp, final, MAX_TEXT_BYTES, ctl),
+        )
+        try:
+            return json.loads(body)
+        except ValueError as exc:
+            raise BadResponse(f"{url} did not return valid JSON: {exc}", url=url) from exc
+
+    def get_text(self, url: str, max_bytes: int = MAX_TEXT_BYTES, *, deadline=None) -> str:
+        """GET a text body (a directory listing), at most ``max_bytes``.
+
+        Raises
+        ------
+        NotFound, BadResponse, RemoteError
+            As :meth:`get_json`; ``BadResponse`` also when the body exceeds
+            ``max_bytes`` or its Content-Length.
+        """
+        body = self._request(
+            "GET", url, deadline=deadline,
+            consume=lambda resp, final, ctl: self._read_body(resp, final, max_bytes, ctl),
+        )
+        return body.decode("utf-8", errors="replace")
+
+    def get_bytes(self, url: str, max_bytes: int = MAX_TEXT_BYTES, *, deadline=None) -> bytes:
+        """GET a whole (small) body as bytes.
+
+        Raises
+        ------
+        NotFound, BadResponse, RemoteError
+            As :meth:`get_text`.
+        """
+        return self._request(
+            "GET", url, deadline=deadline, headers={"Accept-Encoding": "identity"},
+            consume=lambda resp, final, ctl: self._read_body(resp, final, max_bytes, ctl),
+        )
+
+    def head(self, url: str, *, deadline=None) -> RemoteStat:
+        """Size, ETag and Last-Modified of one file, by HEAD.
+
+        Raises
+        ------
+        NotFound
+            On 404/410.
+        RemoteError
+            If the server cannot be reached or keeps failing.
+        """
+
+        def consume(resp, final, ctl):
+            length = resp.headers.get("Content-Length")
+            size = int(length) if length and length.strip().isdigit() else None
+            modified = resp.headers.get("Last-Modified")
+            return RemoteStat(
+                size=size,
+                etag=resp.headers.get("ETag"),
+                last_modified=modified,
+                mtime=parse_http_date(modified),
+                url=final,
+            )
+
+        return self._request(
+            "HEAD", url, deadline=deadline, headers={"Accept-Encoding": "identity"}, consume=consume
+        )
+
+    def fetch_range(
+        self,
+        url: str,
+        start: int,
+        end: int,
+        expect: Optional[Fingerprint] = None,
+        *,
+        deadline: Optional[float] = None,
+    ) -> bytes:
+        """Bytes ``[start, end)`` of ``url`` (fewer only at end of file).
+
+        Parameters
+        ----------
+        url : str
+            File URL.
+        start, end : int
+            Half-open byte range; ``end`` is clipped at end of file.
+        expect : Fingerprint, optional
+            The version the caller has cached; a reply for another version
+            raises ``StaleFile``.
+        deadline : float, optional
+            Absolute ``time.monotonic()`` after which no new attempt starts.
+
+        Raises
+        ------
+        StaleFile
+            If the reply's total size or ETag disagrees with ``expect``.
+        BadResponse
+            If the server answers with the wrong range, a 200 at ``start > 0``
+            or keeps sending short bodies.
+        NotFound
+            On 404/410.
+        DeadlineExceeded
+            If ``deadline`` passes before the bytes arrive.
+        RemoteError
+            If the server cannot be reached or keeps failing.
+        """
+        if start < 0 or end < start:
+            raise ValueError(f"bad range [{start}, {end})")
+        out = bytearray()
+        pos = start
+        while pos < end:
+            piece, total = self._request(
+                "GET", url, deadline=deadline, hedge=True,
+                headers={"Range": f"bytes={pos}-{end - 1}", "Accept-Encoding": "identity"},
+                consume=lambda resp, final, ctl, pos=pos: self._consume_range(
+                    resp, final, pos, end, expect, ctl
+                ),
+            )
+            if not piece:
+                break
+            out += piece
+            pos += len(piece)
+            if total is not None and pos >= total:
+                break
+            # A short 206 that is not at end of file: the server capped the
+            # range; ask for the rest.
+        return bytes(out)
+
+    def ignores_ranges(self, url: str) -> bool:
+        """Has the server of ``url`` answered a range request with 200?"""
+        return urlsplit(url).netloc in self._ignores_ranges
+
+    def close(self) -> None:
+        """Close pooled connections and the hedge pool. Idempotent."""
+        if self._closed:
+            return
+        self._closed = True
+        self._hedge_pool.shutdown(wait=False, cancel_futures=True)
+        self.session.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    # -- retry loop -----------------------------------------------------------
+
+    def _request(self, method, url, *, consume, headers=None, data=None, idempotent=None,
+                 deadline=None, hedge=False):
+        retries_done = 0
+        while True:
+            if deadline is not None and time.monotonic() >= deadline:
+                raise DeadlineExceeded(f"deadline passed before {method} {url} completed", url=url)
+            try:
+                if hedge and self.settings.hedge_after > 0:
+                    return self._hedged(method, url, headers, data, consume, deadline)
+                return self._attempt(method, url, headers, data, consume, deadline, None)
+            except _Transient as exc:
+                self.stats.error(exc.kind)
+                if not self.retry.allows(method, retries_done, idempotent):
+                    raise exc.final(retries_done + 1) from exc
+                retries_done += 1
+                delay = self.retry.backoff(retries_done, exc.retry_after)
+                if deadline is not None and time.monotonic() + delay >= deadline:
+                    raise DeadlineExceeded(
+                        f"{method} {url} failed ({exc.args[0]}) and the deadline leaves "
+                        "no time to retry", url=url,
+                    ) from exc
+                log.info("retrying %s %s in %.2fs (%s)", method, url, delay, exc.args[0])
+                self.stats.add("retries")
+                time.sleep(delay)
+
+    def _hedged(self, method, url, headers, data, consume, deadline):
+        """Run one attempt; if no response headers come within
+        ``hedge_after``, race a duplicate and keep the first success."""
+        first = _Attempt()
+        f1 = self._hedge_pool.submit(self._attempt, method, url, headers, data, consume, deadline, first)
+        wait_for = self.settings.hedge_after
+        if deadline is not None:
+            wait_for = max(0.0, min(wait_for, deadline - time.monotonic()))
+        futures = {f1: first}
+        if not first.started.wait(wait_for) and not f1.done():
+            self.stats.add("hedges")
+            log.debug("hedging %s %s after %.2fs without headers", method, url, wait_for)
+            second = _Attempt()
+            f2 = self._hedge_pool.submit(
+                self._attempt, method, url, headers, data, consume, deadline, second
+            )
+            futures[f2] = second
+        pending = set(futures)
+        failure = None
+        try:
+            while pending:
+                timeout = None if deadline is None else max(0.0, deadline - time.monotonic())
+                done, pending = wait_futures(pending, timeout=timeout, return_when=FIRST_COMPLETED)
+                if not done:
+                    raise DeadlineExceeded(f"deadline passed while reading {url}", url=url)
+                for fut in done:
+                    exc = fut.exception()
+                    if exc is None:
+                        return fut.result()
+                    # Prefer a definitive answer (StaleFile, NotFound...) over
+                    # a transient one when both attempts fail.
+                    if failure is None or (isinstance(failure, _Transient)
+                                           and not isinstance(exc, _Transient)):
+                        failure = exc
+        finally:
+            for ctl in futures.values():
+                ctl.cancelled = True
+        raise failure
+
+    # -- one attempt ----------------------------------------------------------
+
+    def _timeouts(self, deadline):
+        connect, stall = self.settings.connect_timeout, self.settings.stall_timeout
+        if deadline is not None:
+            left = max(0.05, deadline - time.monotonic())
+            connect, stall = min(connect, left), min(stall, left)
+        return (connect, stall)
+
+    def _attempt(self, method, url, headers, data, consume: Callable, deadline, ctl: Optional[_Attempt]):
+        """One request (following allowed redirects) and its body."""
+        try:
+            current, verb, body = url, method, data
+            for _ in range(MAX_REDIRECTS + 1):
+                resp = self._send(verb, current, headers, body, deadline)
+                try:
+                    if ctl is not None:
+                        ctl.started.set()
+                        ctl.check()
+                    if resp.status_code in _REDIRECT_STATUSES and resp.headers.get("Location"):
+                        target = urljoin(current, resp.headers["Location"])
+                        self._check_redirect(current, target)
+                        if resp.status_code == 303 and verb != "HEAD":
+                            verb, body = "GET", None
+                        current = target
+                        continue
+                    self._check_status(resp, current, url)
+                    return consume(resp, current, ctl)
+                finally:
+                    resp.close()
+            raise BadResponse(f"too many redirects from {url}", url=url)
+        finally:
+            if ctl is not None:
+                ctl.started.set()
+
+    def _send(self, method, url, headers, data, deadline):
+        self.stats.add("requests")
+        try:
+            return self.session.request(
+                method, url, headers=headers, data=data, stream=True, allow_redirects=False,
+                timeout=self._timeouts(deadline),
+            )
+        except requests.exceptions.ConnectTimeout as exc:
+            raise _Transient(f"connecting to {_host(url)} timed out", kind="connect_timeout", url=url) from exc
+        except requests.exceptions.ReadTimeout as exc:
+            self.stats.add("stalls")
+            raise _Transient(
+                f"no response from {url} within {self.settings.stall_timeout}s", kind="stall", url=url
+            ) from exc
+        except requests.exceptions.SSLError as exc:
+            raise RemoteError(
+                f"TLS error talking to {_host(url)}: {exc} (check the system CA certificates, "
+                "or set verify_tls=false for a local test server)", url=url,
+            ) from exc
+        except requests.exceptions.ConnectionError as exc:
+            raise _Transient(f"cannot connect to {_host(url)}: {_reason(exc)}", kind="connection", url=url) from exc
+        except requests.exceptions.RequestException as exc:
+            raise RemoteError(f"request to {url} failed: {exc}", url=url) from exc
+
+    def _check_redirect(self, source, target):
+        parts = urlsplit(target)
+        host = (parts.hostname or "").lower()
+        if parts.scheme not in ("http", "https") or host not in self._redirect_hosts:
+            raise BadResponse(
+                f"refusing redirect to other host {host or target!r} (from {source}); "
+                "add it to allowed_redirect_hosts if it is trusted", url=source,
+            )
+        if urlsplit(source).scheme == "https" and parts.scheme == "http":
+            raise BadResponse(f"refusing redirect from https to http ({target})", url=source)
+
+    def _check_status(self, resp, current, original):
+        status = resp.status_code
+        if status < 300 or status == 416:
+            return
+        if status in (404, 410):
+            raise NotFound(f"not found in the archive: {original}", path=original)
+        if status in self.retry.statuses:
+            raise _Transient(
+                f"HTTP {status} from {current}", kind=f"http_{status}", url=current, status=status,
+                retry_after=parse_retry_after(resp.headers.get("Retry-After")),
+            )
+        raise RemoteError(f"HTTP {status} {resp.reason or ''} from {current}".replace("  ", " "),
+                          url=current, status=status)
+
+    def _read_body(self, resp, url, limit, ctl, want=None) -> bytes:
+        """Read the body: at most ``limit`` bytes (more is ``BadResponse``),
+        or exactly ``want`` bytes when given (then stop early)."""
+        declared = _content_length(resp)
+        encoded = bool(resp.headers.get("Content-Encoding", "identity").strip().lower() not in ("", "identity"))
+        if want is None and declared is not None and not encoded and declared > limit:
+            raise BadResponse(f"{url} is too large ({declared} bytes, limit {limit})", url=url)
+        chunks = []
+        got = 0
+        try:
+            for chunk in resp.raw.stream(CHUNK, decode_content=True):
+                if ctl is not None:
+                    ctl.check()
+                chunks.append(chunk)
+                got += len(chunk)
+                self.stats.add("bytes", len(chunk))
+                if want is not None and got >= want:
+                    break
+                if want is None and got > limit:
+                    raise BadResponse(f"{url} is larger than the limit of {limit} bytes", url=url)
+        except urllib3.exceptions.ReadTimeoutError as exc:
+            self.stats.add("stalls")
+            raise _Transient(
+                f"download of {url} stalled for {self.settings.stall_timeout}s", kind="stall", url=url
+            ) from exc
+        except urllib3.exceptions.DecodeError as exc:
+            raise BadResponse(f"cannot decode the body of {url}: {exc}", url=url) from exc
+        except (urllib3.exceptions.HTTPError, OSError) as exc:
+            raise _Transient(f"body of {url} was cut short: {_reason(exc)}", kind="truncated", url=url) from exc
+        body = b"".join(chunks)
+        if want is not None:
+            return body[:want]
+        if declared is not None and not encoded:
+            if got < declared:
+                raise _Transient(
+                    f"body of {url} was cut short ({got} of {declared} bytes)", kind="truncated", url=url
+                )
+            if got > declared:
+                raise BadResponse(f"body of {url} is longer than its Content-Length", url=url)
+        return body
+
+    def _consume_range(self, resp, url, start, end, expect, ctl):
+        status = resp.status_code
+        etag = resp.headers.get("ETag")
+        modified = resp.headers.get("Last-Modified")
+        if status == 416:
+            total = None
+            if resp.headers.get("Content-Range"):
+                total = parse_content_range(resp.headers["Content-Range"])[2]
+            self._check_expect(url, expect, total, etag, modified)
+            return b"", total
+        if status == 206:
+            first, last, total = parse_content_range(resp.headers.get("Content-Range"))
+            if first is None or first != start or last < first:
+                raise BadResponse(
+                    f"asked {url} for bytes {start}-{end - 1} but the reply is for "
+                    f"{resp.headers.get('Content-Range')!r}", url=url,
+                )
+            self._check_expect(url, expect, total, etag, modified)
+            promised = last - first + 1
+            declared = _content_length(resp)
+            if declared is not None and declared != promised:
+                raise BadResponse(
+                    f"{url}: Content-Length {declared} disagrees with Content-Range "
+                    f"{resp.headers.get('Content-Range')!r}", url=url,
+                )
+            body = self._read_body(resp, url, promised, ctl, want=promised)
+            if len(body) < promised:
+                raise _Transient(
+                    f"range reply from {url} was cut short ({len(body)} of {promised} bytes)",
+                    kind="truncated", url=url,
+                )
+            return body[: end - start], total
+        if status == 200:
+            if start > 0:
+                raise BadResponse(
+                    f"{url} answered a range request at offset {start} with the whole file "
+                    "(200 instead of 206); the server does not support ranges", url=url,
+                )
+            total = _content_length(resp)
+            self._check_expect(url, expect, total, etag, modified)
+            host = urlsplit(url).netloc
+            if host not in self._ignores_ranges:
+                log.warning("%s ignores Range requests; reads from offset 0 only", host)
+                self._ignores_ranges.add(host)
+                self.stats.add("ignored_ranges")
+            want = end if total is None else min(end, total)
+            body = self._read_body(resp, url, want, ctl, want=want)
+            if len(body) < want and total is not None:
+                raise _Transient(f"body of {url} was cut short", kind="truncated", url=url)
+            if total is None and len(body) < want:
+                total = len(body)  # the body ended before `end`: end of file
+            return body, total
+        raise BadResponse(f"unexpected HTTP {status} to a range request for {url}", url=url, status=status)
+
+    @staticmethod
+    def _check_expect(url, expect, total, etag, modified):
+        if expect is None:
+            return
+        reply = Fingerprint(expect.size if total is None else total, etag, modified)
+        if not expect.matches(reply):
+            raise StaleFile(
+                f"{url} changed on the archive (was {expect.size} bytes, etag {expect.etag}; "
+                f"now {total} bytes, etag {etag}); reopen the file", url=url,
+            )
+
+
+def _content_length(resp) -> Optional[int]:
+    value = resp.headers.get("Content-Length")
+    if value is None:
+        return None
+    value = value.strip()
+    if not value.isdigit():
+        raise BadResponse(f"malformed Content-Length {value!r}")
+    return int(value)
+
+
+def _host(url) -> str:
+    return urlsplit(url).netloc or url
+
+
+def _reason(exc) -> str:
+    """The innermost useful message of a requests/urllib3 exception chain."""
+    seen = exc
+    for _ in range(6):
+        inner = getattr(seen, "reason", None) or (seen.args[0] if getattr(seen, "args", None) else None)
+        if isinstance(inner, BaseException):
+            seen = inner
+        else:
+            break
+    text = str(seen)
+    return text if len(text) < 300 else text[:300] + "..."
