@@ -125,7 +125,9 @@ class Fingerprint:
     last_modified: Optional[str] = None
 
     def key(self) -> str:
-        return f"{self.size}:{self.etag or ''}:{self.last_modified or ''}"
+        """Stable across metadata sources: FTP listings give size+mtime but
+        no ETag, HEAD gives all three, so the key prefers the mtime."""
+        return f"{self.size}:{self.last_modified or self.etag or ''}"
 
     def matches(self, other: "Fingerprint") -> bool:
         """Same version? Sizes must agree; ETag or Last-Modified must agree
@@ -162,4 +164,5 @@ class FileInfo:
 
     @property
     def fingerprint(self) -> Fingerprint:
-        return Fingerprint(self.size, self.etag, None)
+        stamp = str(int(self.mtime)) if self.mtime else None
+        return Fingerprint(self.size, self.etag, stamp)

@@ -1,0 +1,177 @@
+"""``empiarfs mount``, ``umount``, ``demo`` and ``stats``."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+
+import click
+
+from . import archive_options, main, settings_from
+
+CACHE_OPTIONS = [
+    click.option("--cache-dir", default=None, type=click.Path(file_okay=False),
+                 help="Persistent cache directory (default ~/.cache/empiarfs). Env: EMPIARFS_CACHE_DIR."),
+    click.option("--cache-size", default=None, metavar="SIZE",
+                 help="Disk cache bound, e.g. 50G (default 50G). Env: EMPIARFS_CACHE_SIZE."),
+    click.option("--memory-cache", default=None, metavar="SIZE",
+                 help="Memory cache bound, e.g. 1G (default 1G). Env: EMPIARFS_MEMORY_CACHE."),
+    click.option("--block-size", default=None, metavar="SIZE",
+                 help="Cache block size, a power of two (default 256K)."),
+    click.option("--deadline", default=None, type=float, metavar="SECONDS",
+                 help="A read not served within this time fails with EIO (default 30)."),
+    click.option("--metadata-ttl", default=None, type=float, metavar="SECONDS",
+                 help="How long listings and entry records are trusted (default 3600)."),
+    click.option("--offline", is_flag=True, default=None,
+                 help="Serve only what is cached; never contact the archive."),
+    click.option("--allow-other", is_flag=True, default=None,
+                 help="Let other users see the mount (needs user_allow_other in /etc/fuse.conf)."),
+    click.option("-f", "--foreground", is_flag=True, help="Stay in the foreground (logs to stderr)."),
+]
+
+
+def cache_options(func):
+    for option in reversed(CACHE_OPTIONS):
+        func = option(func)
+    return func
+
+
+def _settings(ctx, **kw):
+    keys = ("api_url", "data_url", "ftp_url", "cache_dir", "cache_size", "memory_cache",
+            "block_size", "deadline", "metadata_ttl", "offline", "allow_other")
+    return settings_from(ctx.obj, **{k: kw.get(k) for k in keys})
+
+
+def _serve_mount(settings, mountpoint, foreground, debug, before=None):
+    """Mount in this process (foreground) or in a detached child."""
+    from ..fs import EmpiarFS
+    from ..mount import check_mountpoint, daemonize_and_mount, run_fuse
+
+    mountpoint = check_mountpoint(mountpoint)
+
+    def child():
+        settings_now = before() if before else settings
+        run_fuse(lambda: EmpiarFS(settings_now), mountpoint, settings_now,
+                 foreground_debug=debug)
+
+    if foreground:
+        child()
+        return
+    log_file = os.path.join(settings.cache_dir, "logs", f"mount-{int(time.time())}.log")
+    pid = daemonize_and_mount(child, mountpoint, log_file)
+    click.echo(f"empiarfs: mounted {settings.data_url} at {mountpoint} (pid {pid}, log {log_file})")
+    click.echo(f"empiarfs: unmount with: empiarfs umount {mountpoint}")
+
+
+@main.command()
+@click.argument("mountpoint", type=click.Path())
+@archive_options
+@cache_options
+@click.pass_context
+def mount(ctx, mountpoint, foreground, **kw):
+    """Mount the whole EMPIAR archive read-only at MOUNTPOINT.
+
+    \b
+    Examples:
+      empiarfs mount /mnt/empiar
+      ls /mnt/empiar/EMPIAR-10002/data | head
+      python -c "import mrcfile; print(mrcfile.open('/mnt/empiar/EMPIAR-10002/data/100_movie_gc.mrcs', header_only=True).header.nx)"
+      empiarfs mount --cache-size 200G --memory-cache 4G /mnt/empiar
+      empiarfs umount /mnt/empiar
+    """
+    settings = _settings(ctx, **kw)
+    _serve_mount(settings, mountpoint, foreground, ctx.obj.get("verbose", 0) >= 3)
+
+
+@main.command()
+@click.argument("mountpoint", type=click.Path())
+@click.option("--lazy", is_flag=True, help="Detach now, clean up when no longer busy.")
+def umount(mountpoint, lazy):
+    """Unmount an empiarfs mount.
+
+    \b
+    Example:
+      empiarfs umount /mnt/empiar
+    """
+    from ..mount import unmount
+
+    unmount(mountpoint, lazy=lazy)
+    click.echo(f"empiarfs: unmounted {mountpoint}")
+
+
+@main.command()
+@click.argument("mountpoint", type=click.Path())
+@click.option("--root", type=click.Path(file_okay=False), default=None,
+              help="Where to generate the sample archive (default: CACHE_DIR/demo-archive).")
+@click.option("--many-files", type=int, default=3000, show_default=True,
+              help="Number of small files in the large-directory entry.")
+@cache_options
+@click.pass_context
+def demo(ctx, mountpoint, root, many_files, foreground, **kw):
+    """Generate the built-in sample archive, serve it on loopback and mount it.
+
+    Works without internet. The sample has real MRC/MRCS, STAR, TIFF and
+    .bz2 files, names with spaces and commas and a 3,000-file directory.
+
+    \b
+    Example:
+      empiarfs demo /tmp/empiar
+      ls -l /tmp/empiar/EMPIAR-10002/data
+      empiarfs umount /tmp/empiar
+    """
+    from ..sample import make_sample
+
+    settings = _settings(ctx, **kw)
+    if not kw.get("cache_dir"):
+        settings = settings.replace(cache_dir=os.path.join(settings.cache_dir, "demo"))
+    root = root or os.path.join(settings.cache_dir, "demo-archive")
+    if not os.path.exists(os.path.join(root, "manifest.json")):
+        click.echo(f"empiarfs: generating the sample archive in {root} ...")
+        make_sample(root, many_files=many_files)
+
+    def start_server():
+        # Runs in the daemon child: the server's threads must start after fork.
+        from ..server import ArchiveServer
+
+        server = ArchiveServer(root, ftp=True)
+        server.start()
+        logging.getLogger(__name__).warning("demo archive served at %s", server.url)
+        return settings.replace(api_url=server.api_url, data_url=server.data_url,
+                                ftp_url=server.ftp_url or "")
+
+    _serve_mount(settings, mountpoint, foreground, False, before=start_server)
+
+
+@main.command()
+@click.argument("mountpoint", type=click.Path(exists=True, file_okay=False))
+@click.option("--json", "as_json", is_flag=True, help="Print the raw JSON.")
+def stats(mountpoint, as_json):
+    """Show a live mount's counters: requests, bytes fetched, cache use.
+
+    \b
+    Example:
+      empiarfs stats /mnt/empiar
+    """
+    path = os.path.join(mountpoint, ".empiarfs", "stats.json")
+    try:
+        with open(path) as handle:
+            data = json.load(handle)
+    except OSError as exc:
+        raise click.ClickException(f"{mountpoint} is not an empiarfs mount ({exc.strerror})")
+    if as_json:
+        click.echo(json.dumps(data, indent=2, sort_keys=True))
+        return
+    net, reader = data.get("network", {}), data.get("reader", {})
+    mem, disk = data.get("memory_cache", {}), data.get("disk_cache", {})
+    click.echo(f"archive:       {data.get('settings', {}).get('data_url')}")
+    click.echo(f"uptime:        {data.get('uptime')} s")
+    click.echo(f"requests:      {net.get('requests', 0)} (retries {net.get('retries', 0)}, "
+               f"hedges {net.get('hedges', 0)}, errors {net.get('errors', 0)})")
+    click.echo(f"bytes fetched: {reader.get('bytes_fetched', 0)}")
+    click.echo(f"hits:          memory {reader.get('hits_memory', 0)}, disk {reader.get('hits_disk', 0)}, "
+               f"misses {reader.get('misses', 0)}")
+    click.echo(f"memory cache:  {mem.get('bytes_used', 0)} / {mem.get('max_bytes', 0)} bytes")
+    if disk:
+        click.echo(f"disk cache:    {disk.get('bytes_used', 0)} / {disk.get('max_bytes', 0)} bytes")

@@ -1,0 +1,268 @@
+"""The facade: catalog + block cache, with no FUSE in sight.
+
+The FUSE operations, the Python API, fsspec and the CLI all go through
+:class:`EmpiarFS`, so every path is read the same way: metadata from the
+catalog, bytes from the block reader (memory, then disk, then one checked
+range request per run of missing blocks).
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import os
+import threading
+import time
+
+from .archive.client import Archive
+from .cache.disk import DiskStore
+from .cache.memory import MemoryLRU
+from .cache.reader import BlockReader, FileKey
+from .catalog import Catalog, Node
+from .config import Settings
+from .errors import InvalidInput, NotFound, RemoteError
+from .http import Transport
+from .metastore import MetaStore
+
+log = logging.getLogger(__name__)
+
+
+class EmpiarFS:
+    """The whole archive as a read-only tree of :class:`~empiarfs.catalog.Node`.
+
+    Parameters
+    ----------
+    settings : Settings, optional
+        Defaults to :meth:`Settings.load` (config file and environment).
+    """
+
+    def __init__(self, settings: Settings | None = None, *, transport=None, archive=None):
+        self.settings = settings or Settings.load()
+        self.started = time.time()
+        self.transport = transport or Transport(self.settings)
+        self.archive = archive or Archive(self.settings, self.transport)
+        cache_dir = self.settings.cache_dir
+        self.meta = MetaStore(os.path.join(cache_dir, "metadata") if cache_dir else None)
+        self.memory = MemoryLRU(self.settings.memory_cache)
+        self.disk = None
+        if cache_dir and self.settings.cache_size > 0:
+            self.disk = DiskStore(os.path.join(cache_dir, "blocks"), self.settings.cache_size)
+        self.reader = BlockReader(self._fetch, self.settings, self.memory, self.disk)
+        self.catalog = Catalog(self.settings, self.archive, self.meta, stats_provider=self.stats)
+        self._closed = False
+        self._lock = threading.Lock()
+
+    # ------------------------------------------------------------ namespace
+
+    def stat(self, path: str) -> Node:
+        """The node at ``path`` (mount-relative, e.g. ``EMPIAR-10002/data/x.mrcs``).
+
+        Raises
+        ------
+        NotFound
+            Nothing is at ``path``.
+        RemoteError
+            The archive had to be asked and could not answer.
+        """
+        node = self.catalog.lookup(path)
+        if node is None:
+            raise NotFound(f"{path}: no such file or directory in EMPIAR", path=path)
+        return node
+
+    def exists(self, path: str) -> bool:
+        try:
+            return self.catalog.lookup(path) is not None
+        except InvalidInput:
+            return False
+
+    def listdir(self, path: str) -> list[Node]:
+        """Children of a directory.
+
+        Raises
+        ------
+        NotFound
+            ``path`` is not a directory.
+        """
+        return self.catalog.listdir(path)
+
+    def readlink(self, path: str) -> str:
+        node = self.stat(path)
+        if node.kind != "link":
+            raise InvalidInput(f"{path}: not a symbolic link")
+        return node.target
+
+    def entry(self, accession):
+        """The :class:`~empiarfs.model.Entry` of an accession."""
+        return self.catalog.entry(accession)
+
+    # ------------------------------------------------------------------ data
+
+    def read(self, path: str, offset: int, size: int) -> bytes:
+        """``size`` bytes at ``offset`` of the file at ``path`` (short at EOF)."""
+        return self.read_node(self.stat(path), offset, size)
+
+    def read_node(self, node: Node, offset: int, size: int) -> bytes:
+        if node.kind == "virtual":
+            data = self.catalog.content(node)
+            return data[offset:offset + size]
+        if node.kind != "file":
+            raise IsADirectoryError(f"{node.path}: not a regular file")
+        if offset < 0 or size < 0:
+            raise InvalidInput("negative offset or size")
+        if offset >= node.size or size == 0:
+            return b""
+        return self.reader.read(self.file_key(node), offset, min(size, node.size - offset))
+
+    def file_key(self, node: Node) -> FileKey:
+        return FileKey(node.info.url, node.info.fingerprint)
+
+    def open(self, path: str) -> "RemoteFile":
+        """A seekable read-only binary file object over ``path``."""
+        node = self.stat(path)
+        if node.is_dir:
+            raise IsADirectoryError(f"{path}: is a directory")
+        if node.kind == "link":
+            base = path.rstrip("/").rsplit("/", 1)[0]
+            return self.open(os.path.normpath(f"{base}/{node.target}"))
+        return RemoteFile(self, node)
+
+    def _fetch(self, url: str, start: int, end: int, fingerprint) -> bytes:
+        if self.settings.offline:
+            raise RemoteError(f"offline: {url} bytes {start}-{end} are not cached", url=url)
+        return self.transport.fetch_range(url, start, end, expect=fingerprint)
+
+    # ------------------------------------------------------------- metadata
+
+    def xattrs(self, node: Node) -> dict[str, bytes]:
+        """Extended attributes shown on files and directories."""
+        attrs: dict[str, str] = {}
+        if node.accession:
+            attrs["user.empiar.accession"] = node.accession
+        if node.info is not None:
+            attrs["user.empiarfs.url"] = node.info.url
+            attrs["user.empiarfs.ftp_url"] = self.archive.file_url(
+                node.accession, node.info.path, scheme="ftp")
+            if node.kind == "file":
+                attrs["user.empiarfs.cache"] = self._cache_state(node)
+            imageset = self._imageset_of(node)
+            if imageset is not None:
+                attrs["user.empiar.imageset"] = imageset.name
+                for key, value in (("category", imageset.category),
+                                   ("data_format", imageset.data_format),
+                                   ("header_format", imageset.header_format),
+                                   ("voxel_type", imageset.voxel_type),
+                                   ("pixel_width", imageset.pixel_width),
+                                   ("pixel_height", imageset.pixel_height),
+                                   ("frames_per_image", imageset.frames_per_image)):
+                    if value is not None and value != "":
+                        attrs[f"user.empiar.{key}"] = str(value)
+        if node.kind == "link":
+            attrs["user.empiarfs.target"] = node.target
+        return {k: v.encode() for k, v in attrs.items()}
+
+    def _imageset_of(self, node: Node):
+        if not node.accession or node.info is None:
+            return None
+        try:
+            entry = self.catalog.entry(node.accession)
+        except (NotFound, RemoteError):
+            return None
+        best = None
+        for imageset in entry.imagesets:
+            d = imageset.directory
+            if d and (node.info.path == d or node.info.path.startswith(d + "/")):
+                if best is None or len(d) > len(best.directory):
+                    best = imageset
+        return best
+
+    def _cache_state(self, node: Node) -> str:
+        if self.disk is None or node.size == 0:
+            return "none"
+        ranges = self.disk.cached_ranges(node.info.url)
+        cached = sum(end - start for start, end in ranges)
+        cached = min(cached, node.size)
+        return f"{cached}/{node.size} bytes cached"
+
+    def stats(self) -> dict:
+        """Counters: requests, bytes fetched, hits, cache usage."""
+        disk = self.disk.info() if self.disk is not None else {}
+        return {
+            "uptime": round(time.time() - self.started, 1),
+            "settings": {
+                "api_url": self.settings.api_url,
+                "data_url": self.settings.data_url,
+                "ftp_url": self.settings.ftp_url,
+                "cache_dir": self.settings.cache_dir,
+                "block_size": self.settings.block_size,
+                "offline": self.settings.offline,
+            },
+            "network": self.transport.stats.snapshot(),
+            "reader": self.reader.stats.snapshot(),
+            "memory_cache": {"bytes_used": self.memory.bytes_used,
+                             "max_bytes": self.memory.max_bytes},
+            "disk_cache": disk,
+        }
+
+    def close(self) -> None:
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+        self.reader.close()
+        self.transport.close()
+        self.meta.close()
+        if self.disk is not None:
+            self.disk.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+class RemoteFile(io.RawIOBase):
+    """A seekable, read-only file object over one archive file."""
+
+    def __init__(self, fs: EmpiarFS, node: Node):
+        super().__init__()
+        self._fs = fs
+        self._node = node
+        self._pos = 0
+        self.name = node.path
+        self.size = node.size
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def tell(self) -> int:
+        return self._pos
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        if whence == io.SEEK_SET:
+            pos = offset
+        elif whence == io.SEEK_CUR:
+            pos = self._pos + offset
+        elif whence == io.SEEK_END:
+            pos = self.size + offset
+        else:
+            raise ValueError(f"invalid whence: {whence}")
+        if pos < 0:
+            raise OSError(22, "negative seek position")
+        self._pos = pos
+        return pos
+
+    def readinto(self, buffer) -> int:
+        view = memoryview(buffer).cast("B")
+        data = self._fs.read_node(self._node, self._pos, len(view))
+        view[:len(data)] = data
+        self._pos += len(data)
+        return len(data)
+
+    def readall(self) -> bytes:
+        data = self._fs.read_node(self._node, self._pos, max(0, self.size - self._pos))
+        self._pos += len(data)
+        return data

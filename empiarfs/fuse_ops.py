@@ -1,0 +1,217 @@
+"""Thin mfusepy Operations: translate FUSE calls into :class:`EmpiarFS` calls.
+
+Nothing here knows about HTTP or caches. Every callback goes through
+:func:`_translate`, the one place exceptions become errno values (EIO by
+default), so no exception can reach mfusepy, which would turn it into
+EINVAL, and no error ends the mount.
+"""
+
+from __future__ import annotations
+
+import errno
+import functools
+import logging
+import os
+import stat
+import threading
+
+import mfusepy
+
+from .errors import EmpiarfsError
+
+log = logging.getLogger(__name__)
+
+# Large st_blksize so tools (cp, numpy) read in big chunks.
+BLKSIZE = 1024 * 1024
+WRITE_FLAGS = os.O_WRONLY | os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_TRUNC
+ENOATTR = getattr(errno, "ENOATTR", errno.ENODATA)
+
+
+def errno_of(exc: BaseException) -> int:
+    """The errno a failed operation reports: the exception's own when it
+    has one, EIO otherwise."""
+    if isinstance(exc, EmpiarfsError):
+        return exc.errno
+    if isinstance(exc, OSError) and isinstance(exc.errno, int) and exc.errno > 0:
+        return exc.errno
+    return errno.EIO
+
+
+_logged: set = set()
+
+
+def _translate(method):
+    @functools.wraps(method)
+    def wrapper(self, *args, **kwargs):
+        try:
+            return method(self, *args, **kwargs)
+        except mfusepy.FuseOSError:
+            raise
+        except Exception as exc:  # one mapping for everything below FUSE
+            code = errno_of(exc)
+            if code not in (errno.ENOENT, ENOATTR, errno.EROFS, errno.ENOTDIR, errno.EISDIR):
+                key = (method.__name__, type(exc).__name__, str(exc)[:200])
+                level = logging.DEBUG if key in _logged else logging.WARNING
+                _logged.add(key)
+                log.log(level, "%s%r failed: %s (%s)", method.__name__, args[:1], exc,
+                        errno.errorcode.get(code, code))
+            raise mfusepy.FuseOSError(code) from None
+    return wrapper
+
+
+def _read_only(self, *args, **kwargs):
+    raise mfusepy.FuseOSError(errno.EROFS)
+
+
+class EmpiarOperations(mfusepy.Operations):
+    """FUSE callbacks. ``fs_factory`` builds the :class:`EmpiarFS` inside
+    ``init()``, after libfuse has daemonised, so its threads survive."""
+
+    use_ns = True
+
+    def __init__(self, fs_factory, *, max_readahead: int = 8 * 1024 * 1024,
+                 attr_timeout: float = 60.0):
+        self._fs_factory = fs_factory
+        self.fs = None
+        self._max_readahead = max_readahead
+        self._attr_timeout = attr_timeout
+        self._handles: dict[int, object] = {}
+        self._handle_lock = threading.Lock()
+        self._next_handle = 1
+        self._uid = os.getuid()
+        self._gid = os.getgid()
+
+    # -------------------------------------------------------------- lifecycle
+
+    def init_with_config(self, conn, config):
+        if self.fs is None:
+            self.fs = self._fs_factory()
+        if conn is not None:
+            conn.max_readahead = min(conn.max_readahead or self._max_readahead,
+                                     self._max_readahead) or self._max_readahead
+        if config is not None:
+            # The archive is read-only and versioned by fingerprint: kernel
+            # attribute caching is safe for the TTL; auto_cache drops the
+            # page cache when a file's size or mtime changes.
+            config.entry_timeout = self._attr_timeout
+            config.attr_timeout = self._attr_timeout
+            config.negative_timeout = 5.0
+            config.auto_cache = 1
+            config.kernel_cache = 0
+
+    def destroy(self, path):
+        if self.fs is not None:
+            self.fs.close()
+
+    # -------------------------------------------------------------- metadata
+
+    def _attrs(self, node) -> dict:
+        mtime_ns = int((node.mtime or 0) * 1e9)
+        attrs = {
+            "st_uid": self._uid,
+            "st_gid": self._gid,
+            "st_mtime": mtime_ns,
+            "st_ctime": mtime_ns,
+            "st_atime": mtime_ns,
+            "st_blksize": BLKSIZE,
+        }
+        if node.kind == "dir":
+            attrs.update(st_mode=stat.S_IFDIR | 0o555, st_nlink=2, st_size=0)
+        elif node.kind == "link":
+            attrs.update(st_mode=stat.S_IFLNK | 0o444, st_nlink=1, st_size=len(node.target))
+        else:
+            attrs.update(st_mode=stat.S_IFREG | 0o444, st_nlink=1, st_size=node.size,
+                         st_blocks=(node.size + 511) // 512)
+        return attrs
+
+    @_translate
+    def getattr(self, path, fh=None):
+        return self._attrs(self.fs.stat(path))
+
+    @_translate
+    def readdir(self, path, fh):
+        entries = [(".", {"st_mode": stat.S_IFDIR}, 0), ("..", {"st_mode": stat.S_IFDIR}, 0)]
+        for node in self.fs.listdir(path):
+            mode = {"dir": stat.S_IFDIR, "link": stat.S_IFLNK}.get(node.kind, stat.S_IFREG)
+            entries.append((node.name, {"st_mode": mode}, 0))
+        return entries
+
+    @_translate
+    def readlink(self, path):
+        return self.fs.readlink(path)
+
+    @_translate
+    def access(self, path, amode):
+        self.fs.stat(path)
+        if amode & os.W_OK:
+            raise mfusepy.FuseOSError(errno.EROFS)
+        return 0
+
+    @_translate
+    def statfs(self, path):
+        return {"f_bsize": BLKSIZE, "f_frsize": BLKSIZE, "f_blocks": 0, "f_bfree": 0,
+                "f_bavail": 0, "f_files": 0, "f_ffree": 0, "f_favail": 0,
+                "f_namemax": 255, "f_flag": os.ST_RDONLY}
+
+    @_translate
+    def getxattr(self, path, name, position=0):
+        attrs = self.fs.xattrs(self.fs.stat(path))
+        if name not in attrs:
+            raise mfusepy.FuseOSError(ENOATTR)
+        return attrs[name]
+
+    @_translate
+    def listxattr(self, path):
+        return list(self.fs.xattrs(self.fs.stat(path)))
+
+    # ------------------------------------------------------------------ data
+
+    @_translate
+    def open(self, path, fi):
+        if fi.flags & WRITE_FLAGS:
+            raise mfusepy.FuseOSError(errno.EROFS)
+        node = self.fs.stat(path)
+        if node.is_dir:
+            raise mfusepy.FuseOSError(errno.EISDIR)
+        if node.kind == "virtual":
+            # Generated once per open so every reader sees a whole snapshot.
+            node = _Snapshot(node, self.fs.read_node(node, 0, max(node.size, 1 << 20)))
+            if node.dynamic:
+                fi.direct_io = 1
+        with self._handle_lock:
+            handle = self._next_handle
+            self._next_handle += 1
+            self._handles[handle] = node
+        fi.fh = handle
+        return 0
+
+    @_translate
+    def read(self, path, size, offset, fi):
+        with self._handle_lock:
+            node = self._handles.get(fi.fh)
+        if node is None:
+            raise mfusepy.FuseOSError(errno.EBADF)
+        if isinstance(node, _Snapshot):
+            return node.data[offset:offset + size]
+        return self.fs.read_node(node, offset, size)
+
+    @_translate
+    def release(self, path, fi):
+        with self._handle_lock:
+            self._handles.pop(fi.fh, None)
+        return 0
+
+    # Every write operation: the archive is read-only.
+    write = create = truncate = unlink = mkdir = rmdir = rename = symlink = link = \
+        chmod = chown = utimens = setxattr = removexattr = mknod = fallocate = _read_only
+
+
+class _Snapshot:
+    """Bytes of a virtual file frozen at open()."""
+
+    kind = "virtual"
+
+    def __init__(self, node, data: bytes):
+        self.node = node
+        self.data = data
+        self.dynamic = node.dynamic
