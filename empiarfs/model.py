@@ -7,6 +7,7 @@ Parsing of the archive's JSON into these values lives in
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from email.utils import parsedate_to_datetime
 from typing import Optional
 
 
@@ -127,7 +128,8 @@ class Fingerprint:
     def key(self) -> str:
         """Stable across metadata sources: FTP listings give size+mtime but
         no ETag, HEAD gives all three, so the key prefers the mtime."""
-        return f"{self.size}:{self.last_modified or self.etag or ''}"
+        stamp = _epoch(self.last_modified)
+        return f"{self.size}:{stamp if stamp is not None else (self.etag or '')}"
 
     def matches(self, other: "Fingerprint") -> bool:
         """Same version? Sizes must agree; ETag or Last-Modified must agree
@@ -136,9 +138,24 @@ class Fingerprint:
             return False
         if self.etag and other.etag:
             return _weakless(self.etag) == _weakless(other.etag)
-        if self.last_modified and other.last_modified:
-            return self.last_modified == other.last_modified
+        mine, theirs = _epoch(self.last_modified), _epoch(other.last_modified)
+        if mine is not None and theirs is not None:
+            return mine == theirs
         return True
+
+
+def _epoch(stamp: Optional[str]) -> Optional[int]:
+    """Last-Modified as whole epoch seconds, whether it arrives as an HTTP
+    date (HEAD, range replies) or as a number (FTP MLSD, listings)."""
+    if not stamp:
+        return None
+    text = str(stamp).strip()
+    if text.lstrip("-").isdigit():
+        return int(text)
+    try:
+        return int(parsedate_to_datetime(text).timestamp())
+    except (TypeError, ValueError, IndexError):
+        return None
 
 
 def _weakless(etag: str) -> str:
