@@ -16,3 +16,27 @@ from .errors import (  # noqa: F401  (re-exported public exception tree)
     UnsupportedFormat,
     InvalidInput,
 )
+
+# The typed-loading verbs live in empiarfs.api and pull in numpy, mrcfile
+# and the network stack; they are imported on first use so that
+# ``import empiarfs`` stays light.
+_API_NAMES = frozenset({
+    "entry", "open", "load", "load_mrc", "load_star", "load_tiff",
+    "configure", "default_fs", "EntryView",
+})
+
+
+def __getattr__(name):
+    if name in _API_NAMES:
+        from . import api
+
+        return getattr(api, name)
+    if name == "EmpiarDataset":
+        from .dataset import EmpiarDataset
+
+        return EmpiarDataset
+    raise AttributeError(f"module 'empiarfs' has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted(set(globals()) | _API_NAMES | {"EmpiarDataset"})
