@@ -1,0 +1,5 @@
+"""Metadata out: lambda-ber-schema records and EMPIAR deposition JSON.
+
+Imports only :mod:`empiarfs.model`, :mod:`empiarfs.archive.codes`,
+:mod:`empiarfs.config` (a default URL) and :mod:`empiarfs.errors`.
+"""
