@@ -697,14 +697,31 @@ class Transport:
 
     @staticmethod
     def _check_expect(url, expect, total, etag, modified):
+        """``StaleFile`` if the reply is for another version than ``expect``.
+
+        Sizes and ETags are compared. Last-Modified is compared only when
+        ``expect`` holds an HTTP date too: fingerprints built from FTP or
+        listing mtimes (epoch strings) are not precise enough to judge.
+        """
         if expect is None:
             return
-        reply = Fingerprint(expect.size if total is None else total, etag, modified)
-        if not expect.matches(reply):
-            raise StaleFile(
-                f"{url} changed on the archive (was {expect.size} bytes, etag {expect.etag}; "
-                f"now {total} bytes, etag {etag}); reopen the file", url=url,
-            )
+        reason = None
+        if total is not None and total != expect.size:
+            reason = f"size {expect.size} -> {total}"
+        elif expect.etag and etag and _weakless(expect.etag) != _weakless(etag):
+            reason = f"ETag {expect.etag} -> {etag}"
+        elif not (expect.etag and etag) and expect.last_modified and modified \
+                and not expect.last_modified.strip().isdigit():
+            before, after = parse_http_date(expect.last_modified), parse_http_date(modified)
+            if before is not None and after is not None and before != after:
+                reason = f"Last-Modified {expect.last_modified} -> {modified}"
+        if reason:
+            raise StaleFile(f"{url} changed on the archive ({reason}); reopen the file", url=url)
+
+
+def _weakless(etag: str) -> str:
+    etag = etag.strip()
+    return etag[2:] if etag.startswith("W/") else etag
 
 
 def _content_length(resp) -> Optional[int]:
