@@ -1,0 +1,514 @@
+"""The block reader: memory -> disk -> network, single-flight, read-ahead.
+
+The reader reaches the network only through ``fetch(url, start, end,
+fingerprint) -> bytes`` (bytes ``[start, end)``, clipped at end of file);
+it never imports ``http`` or ``archive``.
+
+How a read works
+----------------
+1. Under the reader lock, each block of the request is looked up in the
+   memory LRU; a block another read is already loading is *waited for*
+   (its ``_Flight``); every other block is *claimed* (a new flight), so a
+   block is loaded by exactly one thread (single-flight).
+2. Outside the lock, claimed blocks are looked up on disk; the rest are
+   coalesced into range requests of at most ``max_request`` bytes and run
+   on a shared thread pool (``parallel_total`` threads), at most
+   ``parallel_per_file`` at a time per file (further jobs queue per file,
+   demand before read-ahead).
+3. The read waits for its flights until ``settings.deadline`` and raises
+   :class:`DeadlineExceeded` if they are not done; the fetch may go on and
+   still fills the caches. Flights it gave up on are forgotten so the next
+   read of those blocks starts a new fetch instead of waiting on a hung one.
+4. A fetch error is delivered, as the same exception object, to every
+   read waiting on its blocks; nothing is cached. ``StaleFile`` also drops
+   every cached block of the file.
+
+Sequential reads (each starting where a previous read of the file ended,
+up to one block later) grow a read-ahead window from 1 MiB, doubling up to
+``settings.readahead`` (and at most a quarter of the memory cache, so
+prefetched blocks are not evicted before they are read). Random reads
+fetch only the blocks they touch.
+
+Lock order
+----------
+``BlockReader._lock`` -> ``MemoryLRU._lock`` / ``DiskStore._lock`` /
+``ReaderStats._lock`` / the executor's internal lock. The last four are
+leaves. The reader lock is never held while calling ``fetch``, reading or
+writing block payloads on disk, or waiting on a flight.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import logging
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass
+from typing import Callable, Optional
+
+from ..errors import BadResponse, DeadlineExceeded, RemoteError, StaleFile
+from ..model import Fingerprint
+from .blocks import Request, blocks_for, coalesce, merge_ranges
+from .disk import DiskStore
+from .memory import MemoryLRU
+from .stats import ReaderStats
+
+log = logging.getLogger(__name__)
+
+Fetch = Callable[[str, int, int, Fingerprint], bytes]
+
+MiB = 1024 * 1024
+# First read-ahead window of a sequential stream.
+INITIAL_WINDOW = 1 * MiB
+# Sequential streams remembered per file (interleaved readers of one file).
+STREAMS_PER_FILE = 8
+# Idle per-file states kept before pruning.
+MAX_IDLE_STATES = 4096
+
+
+@dataclass(frozen=True)
+class FileKey:
+    """One version of one remote file: its URL and fingerprint (whose
+    ``size`` is the file size)."""
+
+    url: str
+    fingerprint: Fingerprint
+
+    @property
+    def size(self) -> int:
+        return self.fingerprint.size
+
+
+class _Flight:
+    """One block being loaded; readers wait on ``event``."""
+
+    __slots__ = ("event", "data", "error", "started")
+
+    def __init__(self):
+        self.event = threading.Event()
+        self.data: Optional[bytes] = None
+        self.error: Optional[BaseException] = None
+        self.started = time.monotonic()
+
+
+class _Stream:
+    __slots__ = ("end", "window", "ahead")
+
+    def __init__(self, end: int):
+        self.end = end        # where the next sequential read starts
+        self.window = 0       # current read-ahead window (0: not sequential yet)
+        self.ahead = end      # read-ahead was issued up to here
+
+
+class _FileState:
+    """Reader state of one file version (all fields guarded by the reader
+    lock)."""
+
+    def __init__(self, key: FileKey):
+        self.key = key
+        self.fid = (key.url, key.fingerprint.key())
+        self.flights: dict[int, _Flight] = {}
+        self.streams: list[_Stream] = []
+        self.active = 0
+        self.urgent: deque = deque()
+        self.background: deque = deque()
+
+    def idle(self) -> bool:
+        return not (self.flights or self.active or self.urgent or self.background)
+
+
+class BlockReader:
+    """Serve byte ranges of remote files from memory, disk or network.
+
+    Parameters
+    ----------
+    fetch : callable
+        ``fetch(url, start, end, fingerprint) -> bytes``; may raise
+        ``RemoteError``, ``StaleFile``, ``DeadlineExceeded`` or any
+        ``OSError``.
+    settings : empiarfs.config.Settings
+        Uses ``block_size``, ``max_request``, ``readahead``,
+        ``parallel_per_file``, ``parallel_total`` and ``deadline``.
+    memory : MemoryLRU
+        The memory cache (shared by all files).
+    disk : DiskStore or None
+        The persistent cache; ``None`` for memory only.
+    stats : ReaderStats, optional
+        Counters; a new one is made if omitted (``reader.stats``).
+
+    Raises
+    ------
+    ValueError
+        If the disk store uses another block size than ``settings``.
+    """
+
+    def __init__(self, fetch: Fetch, settings, memory: MemoryLRU,
+                 disk: Optional[DiskStore] = None, stats: Optional[ReaderStats] = None):
+        if disk is not None and disk.block_size != settings.block_size:
+            raise ValueError(
+                f"disk cache block size {disk.block_size} differs from settings.block_size "
+                f"{settings.block_size}; open the DiskStore with block_size=settings.block_size")
+        self._fetch = fetch
+        self.settings = settings
+        self.memory = memory
+        self.disk = disk
+        self.stats = stats if stats is not None else ReaderStats()
+        self._bs = settings.block_size
+        self._max_window = max(self._bs, min(settings.readahead, memory.max_bytes // 4))
+        self._lock = threading.Lock()
+        self._files: dict[tuple, _FileState] = {}
+        self._url_fids: dict[str, set] = {}
+        self._futures: set = set()
+        self._closed = False
+        # Threads are created lazily on the first submit, i.e. after a
+        # daemon has forked.
+        self._pool = concurrent.futures.ThreadPoolExecutor(
+            max_workers=max(1, settings.parallel_total), thread_name_prefix="empiarfs-fetch")
+
+    # ------------------------------------------------------------------ read
+    def read(self, key: FileKey, offset: int, size: int) -> bytes:
+        """Bytes ``[offset, offset + size)`` of the file, short only at the
+        end of the file (``b""`` past it).
+
+        Raises
+        ------
+        ValueError
+            If ``offset`` or ``size`` is negative, or the reader is closed.
+        DeadlineExceeded
+            If the data is not there within ``settings.deadline`` seconds.
+        RemoteError, StaleFile, OSError
+            As raised by ``fetch`` for a block of this read.
+        """
+        if offset < 0 or size < 0:
+            raise ValueError(f"negative offset or size: offset={offset} size={size}")
+        if self._closed:
+            raise ValueError("block reader is closed")
+        file_size = key.fingerprint.size
+        indices = blocks_for(offset, size, self._bs, file_size)
+        if not indices:
+            return b""
+        end = min(offset + size, file_size)
+        deadline = time.monotonic() + self.settings.deadline
+        found: dict[int, bytes] = {}
+        waiting: dict[int, _Flight] = {}
+        claimed: dict[int, _Flight] = {}
+        with self._lock:
+            state = self._state(key)
+            for idx in indices:
+                data = self.memory.get(state.fid, idx)
+                if data is not None:
+                    found[idx] = data
+                    continue
+                flight = state.flights.get(idx)
+                if flight is None:
+                    flight = state.flights[idx] = _Flight()
+                    claimed[idx] = flight
+                else:
+                    self.stats.add("waits")
+                waiting[idx] = flight
+            prefetch = self._plan_readahead(state, offset, end)
+        if found:
+            self.stats.add("hits_memory", len(found))
+        try:
+            self._load(state, claimed, urgent=True)
+        finally:
+            if prefetch:
+                self._submit_background(state, prefetch)
+        for idx, flight in waiting.items():
+            remaining = deadline - time.monotonic()
+            if not flight.event.wait(max(0.0, remaining)):
+                self._give_up(state, waiting)
+                self.stats.add("deadlines")
+                raise DeadlineExceeded(
+                    f"read of {key.url} [{offset}, {end}) not served within "
+                    f"{self.settings.deadline:g} s (archive slow or unreachable)", url=key.url)
+            if flight.error is not None:
+                raise flight.error
+            found[idx] = flight.data
+        first = indices.start
+        if len(indices) == 1:
+            block = found[first]
+        else:
+            block = b"".join(found[i] for i in indices)
+        lo = offset - first * self._bs
+        return block[lo:lo + (end - offset)]
+
+    # ------------------------------------------------------------- internals
+    def _state(self, key: FileKey) -> _FileState:
+        """Per-file state (reader lock held)."""
+        fid = (key.url, key.fingerprint.key())
+        state = self._files.get(fid)
+        if state is not None:
+            return state
+        fids = self._url_fids.setdefault(key.url, set())
+        # A new version of the URL: blocks of older versions are stale.
+        for old in list(fids):
+            if old != fid:
+                self.memory.drop_file(old)
+                fids.discard(old)
+                old_state = self._files.get(old)
+                if old_state is not None and old_state.idle():
+                    del self._files[old]
+        fids.add(fid)
+        if len(self._files) > MAX_IDLE_STATES:
+            for other, st in list(self._files.items()):
+                if st.idle():
+                    del self._files[other]
+        state = self._files[fid] = _FileState(key)
+        return state
+
+    def _plan_readahead(self, state: _FileState, offset: int, end: int) -> dict[int, _Flight]:
+        """Update the sequential streams and claim read-ahead blocks
+        (reader lock held)."""
+        match = None
+        for stream in state.streams:
+            if stream.end <= offset <= stream.end + self._bs:
+                match = stream
+                break
+        if match is None:
+            state.streams.insert(0, _Stream(end))
+            del state.streams[STREAMS_PER_FILE:]
+            return {}
+        state.streams.remove(match)
+        state.streams.insert(0, match)
+        match.end = max(match.end, end)
+        match.window = min(max(2 * match.window, INITIAL_WINDOW), self._max_window)
+        file_size = state.key.fingerprint.size
+        if match.ahead - end >= match.window // 2 or match.ahead >= file_size:
+            return {}
+        start = max(match.ahead, end)
+        stop = min(end + match.window, file_size)
+        match.ahead = stop
+        claimed: dict[int, _Flight] = {}
+        for idx in blocks_for(start, stop - start, self._bs, file_size):
+            if idx in state.flights or (state.fid, idx) in self.memory:
+                continue
+            claimed[idx] = state.flights[idx] = _Flight()
+        return claimed
+
+    def _load(self, state: _FileState, claimed: dict[int, _Flight], urgent: bool) -> None:
+        """Serve claimed blocks from disk, fetch the rest (caller thread)."""
+        if not claimed:
+            return
+        remaining = dict(claimed)
+        try:
+            if self.disk is not None:
+                for idx in sorted(claimed):
+                    data = self._disk_get(state, idx)
+                    if data is not None:
+                        self.stats.add("hits_disk")
+                        self._complete(state, idx, claimed[idx], data)
+                        del remaining[idx]
+            if remaining:
+                self.stats.add("misses", len(remaining))
+                for request in coalesce(remaining, self._bs, self.settings.max_request,
+                                        state.key.fingerprint.size):
+                    flights = {i: remaining.pop(i) for i in request.blocks}
+                    self._submit(state, request, flights, urgent=urgent, check_disk=False)
+        except BaseException as exc:
+            for idx, flight in remaining.items():
+                self._fail(state, idx, flight, exc)
+            raise
+
+    def _submit_background(self, state: _FileState, claimed: dict[int, _Flight]) -> None:
+        """Queue read-ahead: disk lookups and fetches happen on the pool."""
+        requests = coalesce(claimed, self._bs, self.settings.max_request,
+                            state.key.fingerprint.size)
+        for request in requests:
+            flights = {i: claimed[i] for i in request.blocks}
+            try:
+                self._submit(state, request, flights, urgent=False, check_disk=True)
+            except BaseException as exc:
+                for idx, flight in flights.items():
+                    self._fail(state, idx, flight, exc)
+
+    def _submit(self, state: _FileState, request: Request, flights: dict,
+                urgent: bool, check_disk: bool) -> None:
+        job = (request, flights, not urgent, check_disk)
+        with self._lock:
+            if self._closed:
+                raise RemoteError("block reader is closed", url=state.key.url)
+            if state.active < self.settings.parallel_per_file:
+                state.active += 1
+                self._start(state, job)
+            else:
+                (state.urgent if urgent else state.background).append(job)
+
+    def _start(self, state: _FileState, job) -> None:
+        """Hand one job to the pool (reader lock held)."""
+        future = self._pool.submit(self._runner, state, job)
+        self._futures.add(future)
+        future.add_done_callback(self._futures.discard)
+
+    def _runner(self, state: _FileState, job) -> None:
+        try:
+            self._run(state, *job)
+        except BaseException as exc:  # pragma: no cover - _run handles its errors
+            log.exception("block fetch job failed: %s", exc)
+        finally:
+            with self._lock:
+                queue = state.urgent or state.background
+                if queue and not self._closed:
+                    self._start(state, queue.popleft())
+                else:
+                    state.active -= 1
+
+    def _run(self, state: _FileState, request: Request, flights: dict,
+             readahead: bool, check_disk: bool) -> None:
+        """Load one coalesced request on a pool thread."""
+        key = state.key
+        try:
+            if check_disk and self.disk is not None:
+                for idx in list(flights):
+                    data = self._disk_get(state, idx)
+                    if data is not None:
+                        self.stats.add("hits_disk")
+                        self._complete(state, idx, flights.pop(idx), data)
+            for sub in coalesce(flights, self._bs, self.settings.max_request, key.size):
+                data = self._fetch_checked(key, sub.start, sub.end)
+                self.stats.add("bytes_fetched", len(data))
+                if readahead:
+                    self.stats.add("readahead_bytes", len(data))
+                fetched = []
+                for idx in sub.blocks:
+                    lo = (idx - sub.first) * self._bs
+                    block = data[lo:lo + self._bs]
+                    fetched.append((idx, block))
+                    self._complete(state, idx, flights.pop(idx), block)
+                self._store_on_disk(state, fetched)
+        except Exception as exc:
+            self.stats.add("errors")
+            if isinstance(exc, StaleFile):
+                log.info("%s changed on the archive: dropping its cached blocks", key.url)
+                self.invalidate(key.url)
+            else:
+                log.debug("fetch of %s failed: %s", key.url, exc)
+            for idx, flight in flights.items():
+                self._fail(state, idx, flight, exc)
+
+    def _fetch_checked(self, key: FileKey, start: int, end: int) -> bytes:
+        self.stats.add("requests")
+        data = self._fetch(key.url, start, end, key.fingerprint)
+        if not isinstance(data, bytes):
+            data = bytes(data)
+        if len(data) != end - start:
+            raise BadResponse(
+                f"fetch of {key.url} [{start}, {end}) returned {len(data)} bytes, "
+                f"expected {end - start}", url=key.url)
+        return data
+
+    def _disk_get(self, state: _FileState, idx: int) -> Optional[bytes]:
+        try:
+            return self.disk.get(state.key.url, state.key.fingerprint, idx)
+        except Exception as exc:  # a broken cache must not break reads
+            log.warning("disk cache read failed (%s); reading from the network", exc)
+            return None
+
+    def _store_on_disk(self, state: _FileState, blocks: list) -> None:
+        if self.disk is None:
+            return
+        with self._lock:
+            if self._files.get(state.fid) is not state:
+                return  # invalidated while fetching
+        for idx, block in blocks:
+            try:
+                self.disk.put(state.key.url, state.key.fingerprint, idx, block)
+            except Exception as exc:
+                log.warning("disk cache write failed (%s); continuing without it", exc)
+                return
+
+    def _complete(self, state: _FileState, idx: int, flight: _Flight, data: bytes) -> None:
+        """Deliver a block to its readers and the memory cache."""
+        with self._lock:
+            if self._files.get(state.fid) is state:
+                self.memory.put(state.fid, idx, data)
+            if state.flights.get(idx) is flight:
+                del state.flights[idx]
+            flight.data = data
+            flight.event.set()
+
+    def _fail(self, state: _FileState, idx: int, flight: _Flight, exc: BaseException) -> None:
+        with self._lock:
+            if state.flights.get(idx) is flight:
+                del state.flights[idx]
+            flight.error = exc
+            flight.event.set()
+
+    def _give_up(self, state: _FileState, waiting: dict) -> None:
+        """After a deadline: forget unfinished flights so that the next read
+        starts a fresh fetch rather than waiting on a hung one."""
+        with self._lock:
+            for idx, flight in waiting.items():
+                if not flight.event.is_set() and state.flights.get(idx) is flight:
+                    del state.flights[idx]
+
+    # ------------------------------------------------------------------- API
+    def invalidate(self, url: str) -> None:
+        """Drop every cached block of ``url`` (all versions), in memory and
+        on disk; fetches in progress still answer their readers but no
+        longer fill the caches."""
+        with self._lock:
+            for fid in self._url_fids.pop(url, set()):
+                self.memory.drop_file(fid)
+                self._files.pop(fid, None)
+        if self.disk is not None:
+            try:
+                self.disk.drop_file(url)
+            except Exception as exc:
+                log.warning("cannot drop %s from the disk cache: %s", url, exc)
+
+    def cached_ranges(self, key: FileKey) -> list[tuple[int, int]]:
+        """Byte ranges of this file version held in memory or on disk."""
+        fid = (key.url, key.fingerprint.key())
+        indices = set(self.memory.indices(fid))
+        ranges = merge_ranges(indices, self._bs, key.size)
+        if self.disk is not None and self.disk.fingerprint_key(key.url) == fid[1]:
+            ranges = _union(ranges + self.disk.cached_ranges(key.url))
+        return ranges
+
+    def close(self, timeout: float = 5.0) -> None:
+        """Stop the pool: queued jobs are cancelled and their readers fail;
+        running fetches get ``timeout`` seconds to finish."""
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            states = list(self._files.values())
+            futures = list(self._futures)
+        self._pool.shutdown(wait=False, cancel_futures=True)
+        error = RemoteError("block reader closed")
+        for state in states:
+            with self._lock:
+                queued = list(state.urgent) + list(state.background)
+                state.urgent.clear()
+                state.background.clear()
+            for _request, flights, _ra, _cd in queued:
+                for idx, flight in flights.items():
+                    self._fail(state, idx, flight, error)
+        _done, not_done = concurrent.futures.wait(futures, timeout=timeout)
+        if not_done:
+            log.warning("%d fetches still running after close()", len(not_done))
+        # Flights of cancelled jobs never complete otherwise.
+        for state in states:
+            with self._lock:
+                pending = list(state.flights.items())
+            for idx, flight in pending:
+                if not flight.event.is_set():
+                    self._fail(state, idx, flight, error)
+
+    def __enter__(self) -> "BlockReader":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def _union(ranges: list[tuple[int, int]]) -> list[tuple[int, int]]:
+    merged: list[tuple[int, int]] = []
+    for start, end in sorted(ranges):
+        if merged and start <= merged[-1][1]:
+            merged[-1] = (merged[-1][0], max(merged[-1][1], end))
+        else:
+            merged.append((start, end))
+    return merged
