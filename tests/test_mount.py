@@ -1,0 +1,295 @@
+"""Real FUSE mounts of the sample archive, read with ordinary tools.
+
+Every test mounts through the project's server (and one through Apache's
+twin), compares bytes with the sample's manifest, and unmounts.
+"""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import json
+import os
+import random
+import shutil
+import subprocess
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import mrcfile
+import numpy as np
+import pytest
+import starfile
+import tifffile
+
+from support.mounting import mounted, requires_fuse, sha256_of, stats
+
+pytestmark = [requires_fuse, pytest.mark.fuse]
+
+
+def _by_entry(manifest):
+    files = {}
+    for f in manifest["files"]:
+        files[f"{f['entry']}/{f['path']}"] = f
+    return files
+
+
+def _pick(manifest, suffix, limit=None):
+    found = [k for k in _by_entry(manifest) if k.endswith(suffix)]
+    return found[:limit] if limit else found
+
+
+@pytest.fixture
+def settings(archive_server, tmp_path, settings_for):
+    return settings_for(archive_server, tmp_path)
+
+
+def test_every_file_exact_size_and_sha256(settings, manifest, tmp_path):
+    with mounted(settings, tmp_path / "mnt") as mnt:
+        for key, f in _by_entry(manifest).items():
+            if f["entry"].endswith("10943") and not f["path"].endswith("0001.txt"):
+                continue  # the 3,000 tiny files are covered by test_tools_behave
+            path = os.path.join(mnt, key)
+            assert os.stat(path).st_size == f["size"], key
+            assert sha256_of(path) == f["sha256"], key
+        counters = stats(mnt)
+    total = sum(f["size"] for k, f in _by_entry(manifest).items()
+                if not (f["entry"].endswith("10943") and not f["path"].endswith("0001.txt")))
+    # Only the bytes needed crossed the network (blocks round up each file).
+    assert counters["reader"]["bytes_fetched"] <= total + 2 * settings.block_size * len(manifest["files"])
+
+
+def test_tree_layout_and_virtual_files(settings, manifest, tmp_path):
+    with mounted(settings, tmp_path / "mnt") as mnt:
+        entries = sorted(os.listdir(mnt))
+        for acc in manifest["accessions"]:
+            assert acc in entries
+        acc = "EMPIAR-10002"
+        names = set(os.listdir(os.path.join(mnt, acc)))
+        assert {"10002.xml", "data", "entry.json", "README.txt", "imagesets"} <= names
+        record = json.load(open(os.path.join(mnt, acc, "entry.json")))
+        assert list(record) == [acc]
+        readme = open(os.path.join(mnt, acc, "README.txt")).read()
+        assert record[acc]["title"] in readme
+        links = os.listdir(os.path.join(mnt, acc, "imagesets"))
+        assert links
+        for link in links:
+            target = os.path.join(mnt, acc, "imagesets", link)
+            assert os.path.islink(target)
+            assert os.path.isdir(target), os.readlink(target)
+        # mtimes come from the archive
+        f = next(f for f in manifest["files"] if f["entry"] == acc and f["path"].startswith("data/"))
+        assert abs(os.stat(os.path.join(mnt, acc, f["path"])).st_mtime - f["mtime"]) < 1
+        # read-only modes, owned by the mounting user
+        st = os.stat(os.path.join(mnt, acc, f["path"]))
+        assert st.st_mode & 0o777 == 0o444 and st.st_uid == os.getuid()
+        assert os.stat(os.path.join(mnt, acc)).st_mode & 0o777 == 0o555
+
+
+def test_unknown_paths_enoent_and_writes_erofs(settings, tmp_path):
+    with mounted(settings, tmp_path / "mnt") as mnt:
+        for bad in ("EMPIAR-99999", "EMPIAR-10002/nope", "EMPIAR-10002/data/nope.mrc",
+                    "not-an-entry", "EMPIAR-010002"):
+            with pytest.raises(FileNotFoundError):
+                os.stat(os.path.join(mnt, bad))
+        target = os.path.join(mnt, "EMPIAR-10002", "10002.xml")
+        for attempt in (lambda: open(target, "r+b"),
+                        lambda: open(os.path.join(mnt, "EMPIAR-10002", "new"), "wb"),
+                        lambda: os.mkdir(os.path.join(mnt, "EMPIAR-10002", "d")),
+                        lambda: os.unlink(target),
+                        lambda: os.rename(target, target + ".x"),
+                        lambda: os.chmod(target, 0o777)):
+            with pytest.raises(OSError) as info:
+                attempt()
+            assert info.value.errno == errno.EROFS
+
+
+def test_tools_behave(settings, manifest, tmp_path):
+    with mounted(settings, tmp_path / "mnt") as mnt:
+        out = subprocess.run(["ls", "-lR", mnt], capture_output=True, text=True, timeout=120)
+        assert out.returncode == 0, out.stderr
+        found = subprocess.run(["find", mnt, "-type", "f", "-path", "*/data/*"],
+                               capture_output=True, text=True, timeout=120)
+        assert found.returncode == 0
+        listed = {os.path.relpath(p, mnt) for p in found.stdout.splitlines()}
+        expected = {k for k in _by_entry(manifest) if "/data/" in k}
+        assert listed == expected
+        du = subprocess.run(["du", "-sb", os.path.join(mnt, "EMPIAR-10002", "data")],
+                            capture_output=True, text=True, timeout=60)
+        want = sum(f["size"] for f in manifest["files"]
+                   if f["entry"] == "EMPIAR-10002" and f["path"].startswith("data/"))
+        assert int(du.stdout.split()[0]) == want
+        # cp -r of an entry with spaces, commas and nesting
+        acc = "EMPIAR-11419"
+        dest = tmp_path / "copy"
+        subprocess.run(["cp", "-r", os.path.join(mnt, acc, "data"), str(dest)], check=True, timeout=120)
+        for f in manifest["files"]:
+            if f["entry"] == acc and f["path"].startswith("data/"):
+                local = dest / f["path"][len("data/"):]
+                assert sha256_of(local) == f["sha256"], f["path"]
+
+
+def test_scientific_readers(settings, manifest, sample_root, tmp_path):
+    with mounted(settings, tmp_path / "mnt") as mnt:
+        mrcs = _pick(manifest, ".mrcs")[0]
+        source = os.path.join(sample_root, "world_availability",
+                              mrcs.split("/", 1)[0].split("-")[1], mrcs.split("/", 1)[1])
+        with mrcfile.open(source, permissive=True) as want, \
+                mrcfile.open(os.path.join(mnt, mrcs), permissive=True) as got:
+            np.testing.assert_array_equal(got.data, want.data)
+            assert got.voxel_size == want.voxel_size
+        with mrcfile.open(os.path.join(mnt, mrcs), header_only=True) as head:
+            assert int(head.header.nx) > 0
+        with mrcfile.mmap(os.path.join(mnt, mrcs), permissive=True) as mapped:
+            with mrcfile.open(source, permissive=True) as want:
+                np.testing.assert_array_equal(mapped.data[-1], want.data[-1])
+        star = _pick(manifest, ".star")[0]
+        tables = starfile.read(os.path.join(mnt, star))
+        assert len(tables) > 0
+        tif = _pick(manifest, ".tif")[0]
+        with tifffile.TiffFile(os.path.join(mnt, tif)) as tf:
+            assert tf.pages[0].shape
+
+
+def test_concurrent_readers(settings, manifest, tmp_path):
+    files = [k for k, f in _by_entry(manifest).items() if f["size"] > 100_000]
+    assert files
+    with mounted(settings, tmp_path / "mnt") as mnt:
+        def read_all(i):
+            rnd = random.Random(i)
+            key = rnd.choice(files)
+            path = os.path.join(mnt, key)
+            size = os.stat(path).st_size
+            digest = hashlib.sha256()
+            with open(path, "rb") as handle:
+                # random chunk sizes, in order, so concurrent readers overlap blocks
+                pos = 0
+                while pos < size:
+                    chunk = handle.read(rnd.choice([4096, 65536, 300_000, 1 << 20]))
+                    digest.update(chunk)
+                    pos += len(chunk)
+            return key, digest.hexdigest()
+
+        with ThreadPoolExecutor(16) as pool:
+            results = list(pool.map(read_all, range(64)))
+    by_key = _by_entry(manifest)
+    for key, digest in results:
+        assert digest == by_key[key]["sha256"], key
+
+
+def test_caches_stay_bounded_and_remount_is_warm(archive_server, settings_for, manifest, tmp_path):
+    block = 64 * 1024
+    settings = settings_for(archive_server, tmp_path, block_size=block,
+                            memory_cache=8 * block, cache_size=32 * block)
+    files = [k for k, f in _by_entry(manifest).items() if f["size"] > 200_000]
+    total = sum(_by_entry(manifest)[k]["size"] for k in files)
+    assert total > 3 * settings.cache_size
+    peaks = {"memory": 0, "disk": 0}
+    with mounted(settings, tmp_path / "mnt") as mnt:
+        stop = threading.Event()
+
+        def sample():
+            while not stop.is_set():
+                s = stats(mnt)
+                peaks["memory"] = max(peaks["memory"], s["memory_cache"]["bytes_used"])
+                peaks["disk"] = max(peaks["disk"], s["disk_cache"]["bytes_used"])
+                time.sleep(0.01)
+
+        sampler = threading.Thread(target=sample)
+        sampler.start()
+        try:
+            for key in files:
+                assert sha256_of(os.path.join(mnt, key)) == _by_entry(manifest)[key]["sha256"]
+        finally:
+            stop.set()
+            sampler.join()
+        assert 0 < peaks["memory"] <= settings.memory_cache
+        assert 0 < peaks["disk"] <= settings.cache_size
+        small = next(k for k, f in _by_entry(manifest).items() if 0 < f["size"] < settings.cache_size // 4)
+        sha256_of(os.path.join(mnt, small))
+    with mounted(settings, tmp_path / "mnt") as mnt:
+        before = stats(mnt)["reader"]["bytes_fetched"]
+        assert sha256_of(os.path.join(mnt, small)) == _by_entry(manifest)[small]["sha256"]
+        assert stats(mnt)["reader"]["bytes_fetched"] == before == 0
+
+
+def test_server_down_cached_reads_work_uncached_fail_fast(manifest, sample_root, settings_for,
+                                                           tmp_path, free_server):
+    server = free_server()
+    settings = settings_for(server, tmp_path, deadline=4.0, stall_timeout=1.0,
+                            connect_timeout=1.0, retries=2, hedge_after=0.5)
+    files = [k for k, f in _by_entry(manifest).items() if f["entry"] == "EMPIAR-10002"
+             and f["path"].endswith(".mrcs")]
+    with mounted(settings, tmp_path / "mnt") as mnt:
+        cached, uncached = files[0], files[1]
+        assert sha256_of(os.path.join(mnt, cached)) == _by_entry(manifest)[cached]["sha256"]
+        os.stat(os.path.join(mnt, uncached))           # metadata cached, data not
+        server.stop()
+        assert sha256_of(os.path.join(mnt, cached)) == _by_entry(manifest)[cached]["sha256"]
+        started = time.monotonic()
+        with pytest.raises(OSError) as info:
+            with open(os.path.join(mnt, uncached), "rb") as handle:
+                handle.read()
+        assert info.value.errno == errno.EIO
+        assert time.monotonic() - started < settings.deadline + 5
+        server.start()
+        assert sha256_of(os.path.join(mnt, uncached)) == _by_entry(manifest)[uncached]["sha256"]
+
+
+def test_changed_file_served_whole_in_new_version(archive_server, settings_for, manifest,
+                                                   sample_root, tmp_path):
+    settings = settings_for(archive_server, tmp_path, metadata_ttl=1.0, block_size=4096)
+    key = next(k for k, f in _by_entry(manifest).items() if f["size"] > 50_000 and f["entry"] == "EMPIAR-11561")
+    acc, rel = key.split("/", 1)
+    source = os.path.join(sample_root, "world_availability", acc.split("-")[1], rel)
+    original = open(source, "rb").read()
+    try:
+        with mounted(settings, tmp_path / "mnt") as mnt:
+            path = os.path.join(mnt, key)
+            with open(path, "rb") as handle:
+                assert handle.read(8192) == original[:8192]   # part of the old version cached
+            new = bytes(b ^ 0xFF for b in original)           # same size, every byte different
+            with open(source, "wb") as handle:
+                handle.write(new)
+            os.utime(source, (time.time() + 5, time.time() + 5))
+            time.sleep(settings.metadata_ttl + 0.5)
+            data = None
+            deadline = time.monotonic() + 65
+            while time.monotonic() < deadline:       # the kernel may keep attributes a while
+                with open(path, "rb") as handle:
+                    data = handle.read()
+                if data != original:
+                    break
+                time.sleep(1)
+            assert data == new
+    finally:
+        with open(source, "wb") as handle:
+            handle.write(original)
+        f = _by_entry(manifest)[key]
+        os.utime(source, (f["mtime"], f["mtime"]))
+
+
+def test_xattrs(settings, tmp_path):
+    with mounted(settings, tmp_path / "mnt") as mnt:
+        data = os.path.join(mnt, "EMPIAR-10002", "data")
+        name = sorted(n for n in os.listdir(data) if n.endswith(".mrcs"))[0]
+        path = os.path.join(data, name)
+        attrs = os.listxattr(path)
+        assert "user.empiarfs.url" in attrs
+        url = os.getxattr(path, "user.empiarfs.url").decode()
+        assert url.startswith(settings.data_url) and url.endswith(name)
+        assert os.getxattr(path, "user.empiar.category").decode() == "micrographs - multiframe"
+        with pytest.raises(OSError):
+            os.getxattr(path, "user.nothing")
+
+
+def test_apache_twin_mount(apache_twin, archive_server, settings_for, manifest, tmp_path):
+    settings = settings_for(archive_server, tmp_path).replace(data_url=apache_twin.data_url, ftp_url="")
+    with mounted(settings, tmp_path / "mnt") as mnt:
+        for key, f in _by_entry(manifest).items():
+            if f["entry"] == "EMPIAR-10943":
+                continue
+            path = os.path.join(mnt, key)
+            assert os.stat(path).st_size == f["size"], key
+            assert sha256_of(path) == f["sha256"], key
