@@ -1,0 +1,391 @@
+"""empiarfs.cache.disk.DiskStore: persistence, checksums, versions, hard
+byte bound, pins, error handling, crash safety, directory lock."""
+
+import os
+import random
+import shutil
+import signal
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+
+import pytest
+
+from empiarfs.cache.disk import CacheLocked, DiskStore
+from empiarfs.model import Fingerprint
+
+BS = 4096
+HEADER = 32  # bytes of header per block file
+URL = "https://example.invalid/data/a.mrc"
+FP = Fingerprint(100 * BS + 100, "etag-1")
+
+
+def payload(index, size=BS, seed=0):
+    return random.Random(seed * 1_000_003 + index).randbytes(size)
+
+
+def block_files(directory):
+    found = []
+    for root, _dirs, files in os.walk(os.path.join(directory, "blocks")):
+        found.extend(os.path.join(root, f) for f in files)
+    return found
+
+
+def disk_bytes(directory):
+    total = 0
+    for path in block_files(directory):
+        try:
+            total += os.path.getsize(path)
+        except FileNotFoundError:
+            pass
+    return total
+
+
+@pytest.fixture
+def store(tmp_path):
+    s = DiskStore(str(tmp_path / "cache"), 1024 * 1024, block_size=BS)
+    yield s
+    s.close()
+
+
+def test_roundtrip_info_ranges_drop(store):
+    for i in (0, 1, 2, 7):
+        assert store.put(URL, FP, i, payload(i))
+    assert store.put(URL, FP, 100, payload(100, 100))   # the tail block
+    assert store.get(URL, FP, 1) == payload(1)
+    assert store.get(URL, FP, 100) == payload(100, 100)
+    assert store.get(URL, FP, 3) is None
+    assert store.has(URL, FP, 7) and not store.has(URL, FP, 8)
+    info = store.info()
+    assert info["blocks"] == 5 and info["files"] == 1
+    assert info["bytes_used"] == 4 * (BS + HEADER) + 100 + HEADER
+    assert info["bytes_used"] == disk_bytes(store.directory)
+    assert store.cached_ranges(URL) == [(0, 3 * BS), (7 * BS, 8 * BS), (100 * BS, 100 * BS + 100)]
+    assert store.drop_file(URL) == 5
+    assert store.get(URL, FP, 1) is None
+    assert store.info()["bytes_used"] == 0 and block_files(store.directory) == []
+
+
+def test_partial_block_refused(store):
+    with pytest.raises(ValueError, match="must be 4096 bytes"):
+        store.put(URL, FP, 0, payload(0, BS - 1))
+    with pytest.raises(ValueError):
+        store.put(URL, FP, 100, payload(100, BS))      # tail is 100 bytes
+    assert store.info()["blocks"] == 0
+
+
+def test_fingerprint_change_drops_old_blocks(store):
+    store.put(URL, FP, 0, payload(0))
+    store.put("other", FP, 0, payload(0, seed=9))
+    new = Fingerprint(FP.size, "etag-2")
+    assert store.get(URL, new, 0) is None             # a new version: old blocks gone
+    assert store.get(URL, FP, 0) is None              # ...and not resurrected
+    assert store.get("other", FP, 0) == payload(0, seed=9)
+    assert store.info()["blocks"] == 1
+    assert len(block_files(store.directory)) == 1
+    store.put(URL, new, 0, payload(0, seed=2))
+    assert store.get(URL, new, 0) == payload(0, seed=2)
+
+
+def test_corrupt_block_is_deleted_not_served(store):
+    store.put(URL, FP, 3, payload(3))
+    (path,) = block_files(store.directory)
+    with open(path, "r+b") as handle:
+        handle.seek(HEADER + 1000)
+        byte = handle.read(1)
+        handle.seek(HEADER + 1000)
+        handle.write(bytes([byte[0] ^ 0x40]))
+    assert store.get(URL, FP, 3) is None
+    assert not os.path.exists(path)
+    assert store.info()["blocks"] == 0 and store.info()["bytes_used"] == 0
+
+
+def test_truncated_or_missing_block_file_is_missing(store):
+    store.put(URL, FP, 0, payload(0))
+    store.put(URL, FP, 1, payload(1))
+    first, second = sorted(block_files(store.directory))
+    os.truncate(first, 100)
+    os.unlink(second)
+    assert store.get(URL, FP, 0) is None
+    assert store.get(URL, FP, 1) is None
+    assert store.info()["blocks"] == 0
+
+
+def test_reopen_serves_blocks_and_keeps_pins(tmp_path):
+    directory = str(tmp_path / "c")
+    with DiskStore(directory, 1 << 20, block_size=BS) as s:
+        for i in range(5):
+            s.put(URL, FP, i, payload(i))
+        s.pin("pinned-url")
+        s.get(URL, FP, 0)
+    with DiskStore(directory, 1 << 20, block_size=BS) as s:
+        assert all(s.get(URL, FP, i) == payload(i) for i in range(5))
+        assert s.pinned() == ["pinned-url"]
+        assert s.info()["bytes_used"] == 5 * (BS + HEADER)
+
+
+def test_reopen_with_other_block_size_discards(tmp_path):
+    directory = str(tmp_path / "c")
+    with DiskStore(directory, 1 << 20, block_size=BS) as s:
+        s.put(URL, FP, 0, payload(0))
+    with DiskStore(directory, 1 << 20, block_size=2 * BS) as s:
+        assert s.info()["blocks"] == 0 and block_files(directory) == []
+
+
+def test_reopen_with_lower_bound_evicts(tmp_path):
+    directory = str(tmp_path / "c")
+    with DiskStore(directory, 1 << 20, block_size=BS) as s:
+        for i in range(20):
+            s.put(URL, FP, i, payload(i))
+    with DiskStore(directory, 5 * (BS + HEADER), block_size=BS) as s:
+        assert s.info()["blocks"] == 5
+        assert disk_bytes(directory) <= s.max_bytes
+        assert [i for i in range(20) if s.has(URL, FP, i)] == [15, 16, 17, 18, 19]
+
+
+def test_lru_eviction_order(tmp_path):
+    with DiskStore(str(tmp_path / "c"), 3 * (BS + HEADER), block_size=BS) as s:
+        for i in range(3):
+            s.put(URL, FP, i, payload(i))
+        assert s.get(URL, FP, 0) is not None          # 0 is now most recent
+        s.put(URL, FP, 3, payload(3))                  # evicts 1
+        assert [i for i in range(4) if s.has(URL, FP, i)] == [0, 2, 3]
+
+
+def test_pinned_files_never_evicted(tmp_path):
+    with DiskStore(str(tmp_path / "c"), 4 * (BS + HEADER), block_size=BS) as s:
+        s.pin(URL)
+        for i in range(3):
+            assert s.put(URL, FP, i, payload(i))
+        for i in range(10):
+            s.put("other", FP, i, payload(i))
+        assert all(s.has(URL, FP, i) for i in range(3))
+        assert s.info()["pinned_bytes"] == 3 * (BS + HEADER)
+        s.put(URL, FP, 3, payload(3))
+        assert s.put("other", FP, 50, payload(50)) is False   # full of pinned blocks
+        assert s.info()["bytes_used"] <= s.max_bytes
+        s.unpin(URL)
+        assert s.put("other", FP, 50, payload(50))
+        assert not s.has(URL, FP, 0)
+
+
+def test_block_being_read_is_not_evicted(tmp_path, monkeypatch):
+    s = DiskStore(str(tmp_path / "c"), 2 * (BS + HEADER), block_size=BS)
+    s.put(URL, FP, 0, payload(0))
+    s.put(URL, FP, 1, payload(1))
+    entered, release = threading.Event(), threading.Event()
+    original = DiskStore._read_verified
+
+    def slow_read(self, fid, idx, expected):
+        entered.set()
+        assert release.wait(5)
+        return original(self, fid, idx, expected)
+
+    monkeypatch.setattr(DiskStore, "_read_verified", slow_read)
+    result = []
+    reader = threading.Thread(target=lambda: result.append(s.get(URL, FP, 0)))
+    reader.start()
+    try:
+        assert entered.wait(5)
+        assert s.put(URL, FP, 2, payload(2))    # must evict 1, not the block being read
+        assert s.has(URL, FP, 0) and not s.has(URL, FP, 1)
+    finally:
+        release.set()
+        reader.join()
+        s.close()
+    assert result == [payload(0)]
+
+
+def test_bound_holds_during_concurrent_writes(tmp_path):
+    bound = 40 * (BS + HEADER)
+    s = DiskStore(str(tmp_path / "c"), bound, block_size=BS)
+    stop = threading.Event()
+    samples = []
+
+    def sampler():
+        while not stop.is_set():
+            samples.append((s.bytes_used, disk_bytes(s.directory)))
+
+    def writer(seed):
+        rng = random.Random(seed)
+        for _ in range(60):                       # 8 x 60 blocks = 12x the bound
+            idx = rng.randrange(100)
+            s.put(f"url-{seed % 3}", FP, idx, payload(idx, seed=seed % 3))
+            got = s.get(f"url-{seed % 3}", FP, rng.randrange(100))
+            assert got is None or len(got) == BS
+
+    watcher = threading.Thread(target=sampler)
+    watcher.start()
+    threads = [threading.Thread(target=writer, args=(n,)) for n in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    stop.set()
+    watcher.join()
+    s.close()
+    assert len(samples) > 5
+    assert max(used for used, _ in samples) <= bound
+    assert max(on_disk for _, on_disk in samples) <= bound
+    with DiskStore(s.directory, bound, block_size=BS) as again:
+        assert again.bytes_used == disk_bytes(s.directory) <= bound
+        for n in range(3):
+            for idx in range(100):
+                got = again.get(f"url-{n}", FP, idx)
+                assert got is None or got == payload(idx, seed=n)
+
+
+def test_clear_keeps_pins(store):
+    store.pin(URL)
+    store.put(URL, FP, 0, payload(0))
+    store.put("b", FP, 0, payload(0))
+    store.clear()
+    info = store.info()
+    assert info["blocks"] == 0 and info["bytes_used"] == 0
+    assert block_files(store.directory) == []
+    assert store.pinned() == [URL]
+
+
+def test_second_instance_refused_with_pid(tmp_path):
+    directory = str(tmp_path / "c")
+    with DiskStore(directory, 1 << 20, block_size=BS):
+        with pytest.raises(CacheLocked, match=f"in use by process {os.getpid()}"):
+            DiskStore(directory, 1 << 20, block_size=BS)
+        code = (
+            "import sys\n"
+            "from empiarfs.cache.disk import DiskStore, CacheLocked\n"
+            "try:\n"
+            f"    DiskStore({directory!r}, 1 << 20)\n"
+            "except CacheLocked as exc:\n"
+            "    print(exc); sys.exit(3)\n"
+        )
+        proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                              timeout=60)
+        assert proc.returncode == 3, proc.stderr
+        assert f"process {os.getpid()}" in proc.stdout
+    with DiskStore(directory, 1 << 20, block_size=BS):   # released on close
+        pass
+
+
+def test_directory_removed_while_running(store):
+    store.put(URL, FP, 0, payload(0))
+    shutil.rmtree(store.directory)
+    assert store.get(URL, FP, 0) is None              # no crash, just missing
+    assert store.put(URL, FP, 1, payload(1))          # cache recreated
+    assert store.get(URL, FP, 1) == payload(1)
+    assert os.path.exists(os.path.join(store.directory, "index.sqlite"))
+
+
+def test_unwritable_store_keeps_working(tmp_path, monkeypatch):
+    s = DiskStore(str(tmp_path / "c"), 1 << 20, block_size=BS)
+    s.put(URL, FP, 0, payload(0))
+    real_open = open
+
+    def failing_open(path, mode="r", *args, **kwargs):
+        if str(path).endswith(".tmp"):
+            raise OSError(28, "No space left on device")
+        return real_open(path, mode, *args, **kwargs)
+
+    import builtins
+    monkeypatch.setattr(builtins, "open", failing_open)
+    try:
+        assert s.put(URL, FP, 1, payload(1)) is False
+        assert s.info()["writes_enabled"] is False
+        assert s.put(URL, FP, 2, payload(2)) is False     # off for a while, no retry storm
+        assert s.get(URL, FP, 0) == payload(0)            # reads still served
+        assert s.info()["bytes_used"] == BS + HEADER      # reservation released
+    finally:
+        monkeypatch.undo()
+        s.close()
+
+
+def _mount_tmpfs(path, size):
+    os.makedirs(path, exist_ok=True)
+    if os.geteuid() != 0 or shutil.which("mount") is None:
+        return False
+    proc = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)],
+                          capture_output=True, timeout=30)
+    return proc.returncode == 0
+
+
+def test_enospc_on_tiny_tmpfs(tmp_path):
+    mnt = tmp_path / "tiny"
+    if not _mount_tmpfs(mnt, "1m"):
+        pytest.skip("cannot mount a tmpfs here (needs root and mount permission)")
+    try:
+        s = DiskStore(str(mnt / "cache"), 64 * 1024 * 1024, block_size=BS)
+        stored = []
+        for i in range(400):                       # 1.6 MiB into a 1 MiB filesystem
+            if s.put(URL, FP, i % 100, payload(i % 100)) and i < 100:
+                stored.append(i)
+        assert s.info()["writes_enabled"] is False
+        assert len(stored) < 100
+        for i in stored:                            # what was stored is still served
+            got = s.get(URL, FP, i)
+            assert got is None or got == payload(i)
+        s.close()
+    finally:
+        subprocess.run(["umount", "-l", str(mnt)], capture_output=True, timeout=30)
+
+
+CRASH_WRITER = textwrap.dedent(
+    """
+    import random, sys, threading
+    from empiarfs.cache.disk import DiskStore
+    from empiarfs.model import Fingerprint
+    directory, ready = sys.argv[1], sys.argv[2]
+    BS = 4096
+    FP = Fingerprint(100 * BS + 100, "etag-1")
+    s = DiskStore(directory, 60 * (BS + 32), block_size=BS)
+    def payload(index):
+        return random.Random(index).randbytes(BS)
+    def work(seed):
+        rng = random.Random(seed)
+        n = 0
+        while True:
+            idx = rng.randrange(100)
+            s.put("u", FP, idx, payload(idx))
+            n += 1
+            if n == 50 and seed == 0:
+                open(ready, "w").close()
+    threads = [threading.Thread(target=work, args=(k,), daemon=True) for k in range(4)]
+    for t in threads:
+        t.start()
+    threads[0].join()
+    """
+)
+
+
+def test_sigkill_mid_write_leaves_only_verified_blocks(tmp_path):
+    directory = str(tmp_path / "c")
+    ready = tmp_path / "ready"
+    proc = subprocess.Popen([sys.executable, "-c", CRASH_WRITER, directory, str(ready)])
+    try:
+        deadline = time.monotonic() + 60
+        while not ready.exists():
+            assert proc.poll() is None, "writer died early"
+            assert time.monotonic() < deadline, "writer never got going"
+            time.sleep(0.01)
+        time.sleep(0.05)
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=30)
+    # Simulate a torn write on top of the kill: corrupt one stored block.
+    files = [f for f in block_files(directory) if f.endswith(".blk")]
+    assert files
+    with open(files[0], "r+b") as handle:
+        handle.seek(HEADER + 5)
+        handle.write(b"\x00\xff\x00")
+    with DiskStore(directory, 60 * (BS + HEADER), block_size=BS) as s:
+        assert not [f for f in block_files(directory) if f.endswith(".tmp")]
+        assert s.bytes_used == disk_bytes(directory) <= s.max_bytes
+        served = 0
+        for idx in range(100):
+            got = s.get("u", FP, idx)
+            if got is not None:
+                assert got == random.Random(idx).randbytes(BS)
+                served += 1
+        assert served >= 1
+        assert s.info()["blocks"] == served
