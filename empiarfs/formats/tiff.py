@@ -121,3 +121,21 @@ def read_tiff(fileobj, *, pages: FrameSpec = None, name: str = "<stream>") -> Ti
     else:
         data = arrays[0]
     return TiffData(data, tuple(indices), n_pages, compression)
+
+
+def count_pages(fileobj, name: str = "<stream>") -> int:
+    """Number of pages of a TIFF (walks every page directory, no pixel data).
+
+    Raises
+    ------
+    BadFile
+        If tifffile cannot parse the file.
+    """
+    import tifffile
+
+    fileobj.seek(0)
+    try:
+        with tifffile.TiffFile(fileobj, name=name) as tif:
+            return len(tif.pages)
+    except (tifffile.TiffFileError, ValueError, OSError) as exc:
+        raise BadFile(f"{name}: not a readable TIFF file: {exc}", path=name) from exc

@@ -1,0 +1,297 @@
+"""An indexable dataset of EMPIAR images for machine learning.
+
+:class:`EmpiarDataset` has ``__len__`` and ``__getitem__``, so it works as
+a PyTorch map-style dataset without importing torch. It holds only its
+settings and a list of ``(path, frame)`` items; each process (every
+DataLoader worker) opens its own :class:`~empiarfs.fs.EmpiarFS` on first
+use, so the dataset pickles cheaply and reads lazily: item ``i`` fetches
+the bytes of one frame (or one particle image) and nothing more.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import posixpath
+from dataclasses import dataclass
+from typing import Callable, Iterable, Optional
+
+from .config import Settings
+from .errors import BadFile, InvalidInput, UnsupportedFormat
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Item:
+    """One sample: a file (local or archive path) and a frame of it
+    (``None``: the whole file)."""
+
+    path: str
+    frame: Optional[int] = None
+
+
+class EmpiarDataset:
+    """Micrographs, movie frames or particle images, loaded on demand.
+
+    Build one with :meth:`from_files`, :meth:`from_imageset` or
+    :meth:`from_star`; or directly from :class:`Item` values.
+
+    Parameters
+    ----------
+    items : iterable of Item
+        What ``dataset[i]`` returns, in order.
+    settings : Settings, optional
+        For archive paths; :meth:`Settings.load` if omitted. Stored with the
+        dataset so worker processes read through the same archive and cache.
+    transform : callable, optional
+        Applied to each numpy array before it is returned (must be picklable
+        for multi-process loading).
+
+    Notes
+    -----
+    ``dataset[i]`` returns a numpy array (2D for a frame or particle image,
+    3D for a whole file). Wrap in ``torch.utils.data.DataLoader`` as is;
+    numpy arrays are collated into tensors.
+    """
+
+    def __init__(self, items: Iterable[Item], *, settings: Optional[Settings] = None,
+                 transform: Optional[Callable] = None):
+        self.items = [i if isinstance(i, Item) else Item(*i) for i in items]
+        self.settings = settings if settings is not None else Settings.load()
+        self.transform = transform
+        self._fs = None
+        self._fs_pid = None
+
+    # ----------------------------------------------------------- construction
+
+    @classmethod
+    def from_files(cls, paths: Iterable[str], *, per_frame: bool = True,
+                   settings: Optional[Settings] = None, transform: Optional[Callable] = None,
+                   fs=None) -> "EmpiarDataset":
+        """One item per frame (or per file) of MRC/MRCS/TIFF/EER files.
+
+        Parameters
+        ----------
+        paths : iterable of str
+            Local/mount paths, ``EMPIAR-N/...`` or ``empiar://...`` paths.
+        per_frame : bool
+            One item per frame (reads each file's header, or counts TIFF
+            pages, once now) or one item per whole file.
+        settings, transform
+            As for the constructor.
+        fs : EmpiarFS, optional
+            Used for the header reads done here (not stored).
+
+        Returns
+        -------
+        EmpiarDataset
+
+        Raises
+        ------
+        UnsupportedFormat
+            A path that is not an image format.
+        NotFound, BadFile, RemoteError
+            From reading the headers.
+        """
+        ds = cls([], settings=settings, transform=transform)
+        get_fs = (lambda: fs) if fs is not None else ds._open_fs
+        items = []
+        for path in paths:
+            path = str(path)
+            if not per_frame:
+                items.append(Item(path, None))
+                continue
+            items.extend(Item(path, k) for k in range(_frame_count(path, get_fs)))
+        ds.items = items
+        return ds
+
+    @classmethod
+    def from_imageset(cls, accession, imageset=0, *, pattern: Optional[str] = None,
+                      per_frame: bool = True, settings: Optional[Settings] = None,
+                      transform: Optional[Callable] = None, fs=None) -> "EmpiarDataset":
+        """The image files of one image set of an entry.
+
+        Parameters
+        ----------
+        accession : str or int
+            ``"EMPIAR-10002"``.
+        imageset : int or str
+            Index in ``entry.imagesets`` or the image set's name.
+        pattern : str, optional
+            Glob selecting files under the image set's directory (file names
+            when without ``/``); default: every MRC/MRCS/TIFF/EER file there.
+        per_frame, settings, transform, fs
+            As for :meth:`from_files`.
+
+        Returns
+        -------
+        EmpiarDataset
+
+        Raises
+        ------
+        InvalidInput
+            No such image set, or it selects no image files.
+        NotFound, RemoteError
+            From the archive.
+        """
+        from . import api
+
+        probe = cls([], settings=settings)
+        fs = fs or probe._open_fs()
+        view = api.entry(accession, fs=fs)
+        sets = view.model.imagesets
+        if isinstance(imageset, int):
+            if not 0 <= imageset < len(sets):
+                raise InvalidInput(f"{view.accession} has {len(sets)} image set(s), "
+                                   f"not index {imageset}")
+            chosen = sets[imageset]
+        else:
+            matches = [s for s in sets if s.name == imageset]
+            if not matches:
+                names = "; ".join(s.name for s in sets)
+                raise InvalidInput(f"{view.accession} has no image set {imageset!r} "
+                                   f"(image sets: {names})")
+            chosen = matches[0]
+        rels = view.files(pattern, under=chosen.directory.strip("/"))
+        images = [r for r in rels if _is_image(r)]
+        if not images:
+            raise InvalidInput(f"{view.accession}: image set {chosen.name!r} "
+                               f"({chosen.directory}) holds no MRC/TIFF files"
+                               + (f" matching {pattern!r}" if pattern else ""))
+        return cls.from_files([view.path(r) for r in images], per_frame=per_frame,
+                              settings=probe.settings, transform=transform, fs=fs)
+
+    @classmethod
+    def from_star(cls, star_path: str, *, root: Optional[str] = None,
+                  settings: Optional[Settings] = None, transform: Optional[Callable] = None,
+                  fs=None) -> "EmpiarDataset":
+        """Particle images named by a STAR file's ``rlnImageName`` column.
+
+        Parameters
+        ----------
+        star_path : str
+            The STAR file (local or archive path).
+        root : str, optional
+            Directory that ``rlnImageName`` stack paths are relative to
+            (RELION writes them relative to its project directory); default:
+            the STAR file's directory.
+        settings, transform, fs
+            As for :meth:`from_files`.
+
+        Returns
+        -------
+        EmpiarDataset
+            One item per row: ``index@stack.mrcs`` (1-based index) becomes
+            frame ``index - 1`` of ``root/stack.mrcs``.
+
+        Raises
+        ------
+        BadFile
+            No ``rlnImageName`` column, or a malformed value.
+        NotFound, RemoteError
+            From reading the STAR file.
+        """
+        from . import api
+
+        ds = cls([], settings=settings, transform=transform)
+        if fs is None and api.archive_path(star_path) is not None:
+            fs = ds._open_fs()
+        blocks = api.load_star(star_path, always_dict=True, fs=fs)
+        table = next((b for b in blocks.values()
+                      if hasattr(b, "columns") and "rlnImageName" in b.columns), None)
+        if table is None:
+            raise BadFile(f"{star_path}: no data block with an rlnImageName column",
+                          path=str(star_path))
+        text = str(star_path)
+        base = root if root is not None else (posixpath.dirname(text) if "://" in text
+                                              else os.path.dirname(text))
+        items = []
+        for value in table["rlnImageName"]:
+            index, sep, stack = str(value).partition("@")
+            if not sep or not index.strip().isdigit() or int(index) < 1:
+                raise BadFile(f"{star_path}: rlnImageName {value!r} is not 'index@stack'",
+                              path=text)
+            joined = posixpath.join(base, stack) if base else stack
+            items.append(Item(joined, int(index) - 1))
+        ds.items = items
+        return ds
+
+    # ---------------------------------------------------------------- access
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, index: int):
+        """The image of item ``index`` as a numpy array (after ``transform``).
+
+        Raises
+        ------
+        IndexError
+            ``index`` out of range.
+        """
+        from . import api
+
+        item = self.items[index]  # IndexError as a sequence should
+        data = api.load(item.path, frames=item.frame, fs=self._open_fs_if_remote(item.path))
+        return self.transform(data) if self.transform is not None else data
+
+    def _open_fs(self):
+        if self._fs is None or self._fs_pid != os.getpid():
+            from .fs import EmpiarFS
+
+            self._fs = EmpiarFS(self.settings)
+            self._fs_pid = os.getpid()
+        return self._fs
+
+    def _open_fs_if_remote(self, path: str):
+        from .api import archive_path
+
+        return self._open_fs() if archive_path(path) is not None else None
+
+    def close(self) -> None:
+        """Close this process's EmpiarFS (reopened on the next access)."""
+        if self._fs is not None and self._fs_pid == os.getpid():
+            self._fs.close()
+        self._fs = None
+
+    def __getstate__(self):
+        # Only settings and paths travel to worker processes.
+        state = self.__dict__.copy()
+        state["_fs"] = None
+        state["_fs_pid"] = None
+        return state
+
+    def __repr__(self):
+        return f"EmpiarDataset({len(self.items)} items)"
+
+
+def _is_image(path: str) -> bool:
+    from .formats import detect
+
+    try:
+        return detect(path)[0] in ("mrc", "tiff")
+    except UnsupportedFormat:
+        return False
+
+
+def _frame_count(path: str, get_fs) -> int:
+    """Frames of an MRC file (from its header) or pages of a TIFF."""
+    from . import api
+    from .formats import detect
+
+    kind, _ = detect(path)
+    remote = get_fs() if api.archive_path(path) is not None else None
+    if kind == "mrc":
+        return api.load_mrc(path, header_only=True, fs=remote).n_frames
+    if kind == "tiff":
+        from .formats.tiff import count_pages
+
+        with api.open(path, fs=remote) as handle:
+            if path.lower().endswith(".bz2"):
+                from .formats.bz2 import decompress_to_spool
+
+                with decompress_to_spool(handle, path) as plain:
+                    return count_pages(plain, path)
+            return count_pages(handle, path)
+    raise UnsupportedFormat(f"{path}: not an image file (MRC/MRCS/TIFF/EER)")
