@@ -15,7 +15,7 @@ import threading
 import time
 
 from .archive.client import Archive
-from .cache.disk import DiskStore
+from .cache.disk import CacheLocked, DiskStore
 from .cache.memory import MemoryLRU
 from .cache.reader import BlockReader, FileKey
 from .catalog import Catalog, Node
@@ -34,9 +34,20 @@ class EmpiarFS:
     ----------
     settings : Settings, optional
         Defaults to :meth:`Settings.load` (config file and environment).
+    exclusive_cache : bool
+        One process owns a disk cache directory. When true (the mount),
+        a cache owned by another process is an error; when false (the
+        Python API beside a running mount), this instance runs with the
+        memory cache only.
+
+    Raises
+    ------
+    CacheLocked
+        ``exclusive_cache`` is true and another process owns the cache.
     """
 
-    def __init__(self, settings: Settings | None = None, *, transport=None, archive=None):
+    def __init__(self, settings: Settings | None = None, *, transport=None, archive=None,
+                 exclusive_cache: bool = True):
         self.settings = settings or Settings.load()
         self.started = time.time()
         self.transport = transport or Transport(self.settings)
@@ -46,7 +57,13 @@ class EmpiarFS:
         self.memory = MemoryLRU(self.settings.memory_cache)
         self.disk = None
         if cache_dir and self.settings.cache_size > 0:
-            self.disk = DiskStore(os.path.join(cache_dir, "blocks"), self.settings.cache_size)
+            try:
+                self.disk = DiskStore(os.path.join(cache_dir, "blocks"), self.settings.cache_size,
+                                      block_size=self.settings.block_size)
+            except CacheLocked as exc:
+                if exclusive_cache:
+                    raise
+                log.warning("disk cache unavailable, using memory only: %s", exc)
         self.reader = BlockReader(self._fetch, self.settings, self.memory, self.disk)
         self.catalog = Catalog(self.settings, self.archive, self.meta, stats_provider=self.stats)
         self._closed = False

@@ -70,10 +70,11 @@ class EmpiarOperations(mfusepy.Operations):
     use_ns = True
 
     def __init__(self, fs_factory, *, max_readahead: int = 8 * 1024 * 1024,
-                 attr_timeout: float = 60.0):
+                 max_read: int = 1024 * 1024, attr_timeout: float = 60.0):
         self._fs_factory = fs_factory
         self.fs = None
         self._max_readahead = max_readahead
+        self._max_read = max_read
         self._attr_timeout = attr_timeout
         self._handles: dict[int, object] = {}
         self._handle_lock = threading.Lock()
@@ -87,6 +88,8 @@ class EmpiarOperations(mfusepy.Operations):
         if self.fs is None:
             self.fs = self._fs_factory()
         if conn is not None:
+            # Must agree with the max_read mount option or libfuse refuses.
+            conn.max_read = self._max_read
             conn.max_readahead = min(conn.max_readahead or self._max_readahead,
                                      self._max_readahead) or self._max_readahead
         if config is not None:

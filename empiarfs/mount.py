@@ -44,11 +44,12 @@ def run_fuse(fs_factory, mountpoint: str, settings, *, foreground_debug: bool = 
                          "(Debian: apt-get install fuse3)") from exc
     from .fuse_ops import EmpiarOperations
 
-    operations = EmpiarOperations(fs_factory,
+    max_read = 1024 * 1024
+    operations = EmpiarOperations(fs_factory, max_read=max_read,
                                   max_readahead=min(settings.max_request, 8 * 1024 * 1024),
                                   attr_timeout=min(settings.metadata_ttl, 3600.0))
     options = dict(foreground=True, nothreads=False, ro=True, fsname="empiarfs",
-                   subtype="empiarfs", default_permissions=True, max_read=1024 * 1024,
+                   subtype="empiarfs", default_permissions=True, max_read=max_read,
                    debug=foreground_debug)
     if settings.allow_other:
         options["allow_other"] = True
