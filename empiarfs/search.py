@@ -119,6 +119,15 @@ class SearchIndex:
             self.records = dict(data.get("entries") or {})
             self.updated = data.get("updated")
 
+    @classmethod
+    def from_records(cls, records: Iterable[dict]) -> "SearchIndex":
+        """An in-memory index (no file), e.g. over an EMDB lookup's entries."""
+        index = cls.__new__(cls)
+        index.path = Path(os.devnull)
+        index.records = {r["accession"]: r for r in records}
+        index.updated = None
+        return index
+
     def __len__(self) -> int:
         return len(self.records)
 

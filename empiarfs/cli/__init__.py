@@ -80,6 +80,10 @@ def _load_commands():
 
 # One module per command group; each owner adds its own line.
 COMMAND_MODULES = [
+    "browse",
+    "get",
+    "cache",
+    "mount",
 ]
 
 _load_commands()

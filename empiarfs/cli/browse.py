@@ -1,0 +1,325 @@
+"""``empiarfs info``, ``ls``, ``search`` and ``index``: look before you download."""
+
+from __future__ import annotations
+
+import time
+
+import click
+
+from . import archive_options, main, settings_from
+from .output import Counter, echo_json, human, table
+from ..archive.accession import normalize, normalize_emdb
+from ..errors import InvalidInput, NotFound
+from ..select import Selector, find, split_target, walk
+
+URL_SCHEMES = ("https", "ftp")
+
+
+def _archive(settings):
+    # Imported late so `empiarfs --help` stays fast and works while the
+    # archive layer is being changed.
+    from ..archive.client import Archive
+
+    return Archive(settings)
+
+
+def _settings(ctx, api_url, data_url, ftp_url):
+    return settings_from(ctx.obj, api_url=api_url, data_url=data_url, ftp_url=ftp_url)
+
+
+def entry_dict(entry) -> dict:
+    """JSON form of an entry summary (``info --json``)."""
+    return {
+        "accession": entry.accession,
+        "title": entry.title,
+        "authors": [a.name for a in entry.authors],
+        "release_date": entry.release_date,
+        "update_date": entry.update_date,
+        "doi": entry.doi,
+        "dataset_size": entry.dataset_size,
+        "experiment_type": entry.experiment_type,
+        "emdb": list(entry.emdb_refs),
+        "pdb": list(entry.related_pdb_entries),
+        "citations": [{"title": c.title, "journal": c.journal, "year": c.year, "doi": c.doi}
+                      for c in entry.citations],
+        "imagesets": [
+            {"name": s.name, "category": s.category, "data_format": s.data_format,
+             "header_format": s.header_format, "num_images": s.num_images,
+             "frames_per_image": s.frames_per_image, "pixel_width": s.pixel_width,
+             "pixel_height": s.pixel_height, "image_width": s.image_width,
+             "image_height": s.image_height, "directory": s.directory}
+            for s in entry.imagesets
+        ],
+    }
+
+
+def _pixel(s) -> str:
+    if s.pixel_width is None:
+        return ""
+    if s.pixel_height is None or s.pixel_height == s.pixel_width:
+        return f"{s.pixel_width:g} Å"
+    return f"{s.pixel_width:g}x{s.pixel_height:g} Å"
+
+
+@main.command()
+@click.argument("accession")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of text.")
+@archive_options
+@click.pass_context
+def info(ctx, accession, as_json, api_url, data_url, ftp_url):
+    """Summary of one entry: title, authors, dates, DOI, size, EMDB links
+    and its image sets.
+
+    \b
+    Examples:
+      empiarfs info EMPIAR-10002
+      empiarfs info 10002 --json | jq '.imagesets[].directory'
+    """
+    accession = normalize(accession)
+    with _archive(_settings(ctx, api_url, data_url, ftp_url)) as archive:
+        entry = archive.entry(accession)
+    if as_json:
+        echo_json(entry_dict(entry))
+        return
+    click.echo(click.style(f"{entry.accession}: {entry.title}", bold=True))
+    authors = [a.name for a in entry.authors]
+    lines = [
+        ("Authors", ", ".join(authors[:12]) + (f" and {len(authors) - 12} more"
+                                                 if len(authors) > 12 else "")),
+        ("Released", entry.release_date), ("Updated", entry.update_date),
+        ("DOI", entry.doi), ("Dataset size", entry.dataset_size),
+        ("Experiment", entry.experiment_type),
+        ("EMDB", ", ".join(entry.emdb_refs)), ("PDB", ", ".join(entry.related_pdb_entries)),
+    ]
+    for citation in entry.citations[:3]:
+        lines.append(("Citation", " ".join(str(x) for x in (
+            citation.title, f"({citation.journal}" if citation.journal else None,
+            f"{citation.year})" if citation.year else (")" if citation.journal else None),
+            f"doi:{citation.doi}" if citation.doi else None) if x)))
+    for label, value in lines:
+        if value:
+            click.echo(f"{label + ':':<14}{value}")
+    if entry.imagesets:
+        click.echo("")
+        rows = [(s.name, s.category or "", s.data_format or s.header_format or "",
+                 "" if s.num_images is None else s.num_images,
+                 "" if s.frames_per_image is None else s.frames_per_image,
+                 _pixel(s), s.directory) for s in entry.imagesets]
+        click.echo(table(rows, ["IMAGE SET", "CATEGORY", "FORMAT", "COUNT", "FRAMES",
+                                "PIXEL", "DIRECTORY"], right=(3, 4)))
+    click.echo(f"\nFiles: empiarfs ls {entry.accession} -R    "
+               f"Download: empiarfs get {entry.accession} -o DIR")
+
+
+def _file_dict(info, accession) -> dict:
+    return {"accession": accession, "path": info.path, "name": info.name,
+            "type": "dir" if info.is_dir else "file",
+            "size": None if info.is_dir else info.size,
+            "size_exact": bool(info.size_exact) if not info.is_dir else True,
+            "mtime": info.mtime or None, "url": info.url or None}
+
+
+@main.command("ls")
+@click.argument("target", metavar="ACCESSION[/PATH]")
+@click.option("-R", "--recursive", is_flag=True, help="List every file below, recursively.")
+@click.option("-l", "--long", "long_", is_flag=True,
+              help="Exact sizes (via FTP, else HEAD requests) and dates.")
+@click.option("--glob", "glob_", metavar="PATTERN",
+              help="Only paths matching this glob (relative to the entry; see below).")
+@click.option("--regex", metavar="RE", help="Only paths where this regex is found (re.search).")
+@click.option("--urls", type=click.Choice(URL_SCHEMES), default=None,
+              help="Print download URLs, one per line (for get --from-list, wget, curl).")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of text.")
+@archive_options
+@click.pass_context
+def ls_(ctx, target, recursive, long_, glob_, regex, urls, as_json, api_url, data_url, ftp_url):
+    """List files of an entry; paths are shown relative to the entry root.
+
+    \b
+    Patterns match paths relative to the entry (never the URL):
+      --glob: '*' and '?' stay within one directory, '**' crosses them;
+              a pattern without '/' matches file names at any depth.
+      --regex: Python re.search on the relative path; use ^...$ for a
+              full match.
+    A pattern selects files and implies -R (directories that cannot hold
+    a match are not listed).
+
+    \b
+    Examples:
+      empiarfs ls EMPIAR-10002
+      empiarfs ls EMPIAR-10002/data -l
+      empiarfs ls 10002 -R --glob 'data/*.mrcs'
+      empiarfs ls 10002 -R --glob '*.mrcs' --urls https > files.txt
+      empiarfs get --from-list files.txt -o ~/empiar
+      empiarfs ls 10002 -R --regex '^data/1[0-9]_.*\\.mrcs$' --json
+    """
+    settings = _settings(ctx, api_url, data_url, ftp_url)
+    accession, relpath = split_target(target)
+    selector = Selector.from_options(glob_, regex)
+    with _archive(settings) as archive:
+        _ls(archive, accession, relpath, selector, recursive, long_, urls, as_json,
+            bool(glob_ or regex))
+
+
+def _ls(archive, accession, relpath, selector, recursive, long_, urls, as_json, filtered):
+    if recursive or urls or filtered:
+        items = list(walk(archive, accession, relpath, selector,
+                          recursive=recursive or filtered))
+    else:
+        node = find(archive, accession, relpath)
+        if node is None:
+            raise NotFound(f"{accession}/{relpath}: no such file or directory "
+                           f"(try: empiarfs ls {accession})", accession=accession, path=relpath)
+        items = archive.listdir(accession, node.path) if node.is_dir else [node]
+        items.sort(key=lambda i: i.path)
+    if long_:
+        files = [i for i in items if not i.is_dir and not i.size_exact]
+        if files:
+            exact = {i.path: i for i in archive.resolve_sizes(files)}
+            items = [exact.get(i.path, i) for i in items]
+    if urls:
+        for item in items:
+            if not item.is_dir:
+                click.echo(archive.file_url(accession, item.path, urls))
+        return
+    if as_json:
+        echo_json([_file_dict(i, accession) for i in items])
+        return
+    if not items:
+        click.echo(f"nothing matches in {accession}/{relpath}".rstrip("/")
+                   + (f" ({selector.description})" if filtered else ""), err=True)
+        return
+    if long_:
+        rows = [("-" if i.is_dir else i.size, "" if i.is_dir else human(i.size),
+                 time.strftime("%Y-%m-%d %H:%M", time.gmtime(i.mtime)) if i.mtime else "",
+                 i.path + ("/" if i.is_dir else "")) for i in items]
+        click.echo(table(rows, ["BYTES", "SIZE", "MODIFIED (UTC)", "PATH"], right=(0, 1)))
+        files = [i for i in items if not i.is_dir]
+        click.echo(f"{len(files)} files, {human(sum(i.size for i in files))}")
+    else:
+        for item in items:
+            click.echo(item.path + ("/" if item.is_dir else ""))
+
+
+@main.command()
+@click.argument("text", nargs=-1)
+@click.option("--category", help="Image-set category contains this (e.g. 'multiframe').")
+@click.option("--format", "fmt", help="Image-set data/header format contains this (TIFF, MRC...).")
+@click.option("--experiment-type", help="Experiment type contains this (EMDB, FIB-SEM...).")
+@click.option("--emdb", metavar="EMD-N",
+              help="Entries linked to this EMDB map (asks the archive directly, no index needed).")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of text.")
+@archive_options
+@click.pass_context
+def search(ctx, text, category, fmt, experiment_type, emdb, as_json, api_url, data_url,
+           ftp_url):
+    """Search entry metadata (title, authors, image sets, cross references)
+    in the local index. Every word must match (case-insensitive).
+
+    Build or refresh the index first with `empiarfs index update`.
+
+    \b
+    Examples:
+      empiarfs index update --range 10000-10100
+      empiarfs search ribosome
+      empiarfs search apoferritin --format TIFF --category multiframe
+      empiarfs search --experiment-type FIB-SEM --json
+      empiarfs search --emdb EMD-2275
+    """
+    from ..search import SearchIndex, index_path, record_of
+
+    settings = _settings(ctx, api_url, data_url, ftp_url)
+    words = " ".join(text)
+    if emdb:
+        code = normalize_emdb(emdb)
+        with _archive(settings) as archive:
+            entries = archive.emdb_entries(code)
+        records = [record_of(e) for e in entries]
+        results = SearchIndex.from_records(records).search(words, category=category, fmt=fmt,
+                                 experiment_type=experiment_type)
+    else:
+        path = index_path(settings)
+        index = SearchIndex(path)
+        if not len(index):
+            raise InvalidInput(f"the search index {path} is empty; build it first: "
+                               "empiarfs index update   (or --range 10000-10100 for a part)")
+        results = index.search(words, category=category, fmt=fmt,
+                               experiment_type=experiment_type)
+    if as_json:
+        echo_json(results)
+        return
+    if not results:
+        click.echo("no entries match", err=True)
+        return
+    rows = [(r["accession"], r.get("release_date") or "", r.get("dataset_size") or "",
+             (r.get("title") or "")[:80]) for r in results]
+    click.echo(table(rows, ["ACCESSION", "RELEASED", "SIZE", "TITLE"]))
+    click.echo(f"{len(results)} entries")
+
+
+@main.group()
+def index():
+    """The local search index used by `empiarfs search`.
+
+    \b
+    Examples:
+      empiarfs index update                       # every entry of the archive
+      empiarfs index update --range 10000-10999   # part of it
+      empiarfs index update --refresh             # re-check indexed entries
+      empiarfs index info
+    """
+
+
+@index.command("update")
+@click.option("--range", "spec", metavar="SPEC",
+              help="Accessions to index: '10000-13999', '10002,10025'. Default: all.")
+@click.option("--refresh", is_flag=True,
+              help="Also re-fetch indexed entries and update those whose update_date changed.")
+@click.option("--json", "as_json", is_flag=True, help="Print the counts as JSON.")
+@archive_options
+@click.pass_context
+def index_update(ctx, spec, refresh, as_json, api_url, data_url, ftp_url):
+    """Fetch entries not yet indexed (batch requests of up to 500).
+
+    \b
+    Examples:
+      empiarfs index update
+      empiarfs index update --range 10000-10100 --json
+    """
+    from ..search import SearchIndex, index_path
+
+    settings = _settings(ctx, api_url, data_url, ftp_url)
+    index_ = SearchIndex(index_path(settings))
+    counter = Counter("indexing entries")
+    try:
+        with _archive(settings) as archive:
+            counts = index_.update(archive, spec, refresh=refresh, progress=counter)
+    finally:
+        counter.close()
+    counts["index"] = str(index_.path)
+    if as_json:
+        echo_json(counts)
+        return
+    click.echo(f"{counts['added']} added, {counts['updated']} updated, "
+               f"{counts['unchanged']} unchanged, {counts['absent']} without metadata; "
+               f"{counts['total']} entries in {index_.path}")
+
+
+@index.command("info")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of text.")
+@click.pass_context
+def index_info(ctx, as_json):
+    """Where the index is, how many entries it holds and when it was updated."""
+    from ..search import SearchIndex, index_path
+
+    index_ = SearchIndex(index_path(settings_from(ctx.obj)))
+    data = {"path": str(index_.path), "entries": len(index_),
+            "updated": time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(index_.updated))
+            if index_.updated else None}
+    if as_json:
+        echo_json(data)
+    else:
+        click.echo(f"{data['entries']} entries in {data['path']} (updated {data['updated']})")
+
+
+__all__ = ["info", "ls_", "search", "index", "entry_dict"]

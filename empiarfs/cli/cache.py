@@ -1,0 +1,235 @@
+"""``empiarfs cache info|clear|pin|unpin|prefetch``: the shared disk cache.
+
+The cache is the one a mount uses (``<cache_dir>/blocks``); it belongs to
+one process at a time, so these commands fail with a clear message while
+a mount is running.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import click
+
+from . import archive_options, main, settings_from
+from .output import DownloadProgress, echo_json, human, table
+from ..download import FileResult, Target
+from ..errors import InvalidInput
+from ..select import Selector, split_target, walk
+
+_GLOB_CHARS = re.compile(r"[*?\[]")
+
+
+def _open_fs(ctx, api_url=None, data_url=None, ftp_url=None):
+    from ..fs import EmpiarFS
+
+    settings = settings_from(ctx.obj, api_url=api_url, data_url=data_url, ftp_url=ftp_url)
+    fs = EmpiarFS(settings)
+    if fs.disk is None:
+        fs.close()
+        raise InvalidInput("the disk cache is disabled (cache_size is 0 or cache_dir empty); "
+                           "set EMPIARFS_CACHE_SIZE, e.g. 50G")
+    return fs
+
+
+def resolve_files(archive, specs) -> list:
+    """``ACCESSION/PATH`` arguments (PATH may be a glob, or a directory
+    meaning everything below it) -> ``[(accession, FileInfo)]``.
+
+    Raises
+    ------
+    NotFound
+        If a plain path does not exist.
+    InvalidInput
+        If a glob matches nothing.
+    """
+    out, seen = [], set()
+    for spec in specs:
+        accession, relpath = split_target(spec)
+        if _GLOB_CHARS.search(relpath):
+            infos = list(walk(archive, accession, "", Selector.glob(relpath)))
+            if not infos:
+                raise InvalidInput(f"{spec}: no files match (see: empiarfs ls {accession} -R)")
+        else:
+            infos = list(walk(archive, accession, relpath))
+        for info in infos:
+            if (accession, info.path) not in seen:
+                seen.add((accession, info.path))
+                out.append((accession, info))
+    return out
+
+
+@main.group()
+def cache():
+    """The disk cache shared with mounts: inspect, clear, pin, prefetch.
+
+    \b
+    Examples:
+      empiarfs cache info
+      empiarfs cache prefetch 'EMPIAR-10002/data/1*.mrcs'
+      empiarfs cache pin EMPIAR-10002/data/100_movie_gc.mrcs
+      empiarfs cache clear --yes
+    """
+
+
+@cache.command("info")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of text.")
+@click.pass_context
+def cache_info(ctx, as_json):
+    """Where the cache is, how full, how many files, what is pinned.
+
+    \b
+    Examples:
+      empiarfs cache info
+      empiarfs cache info --json | jq .bytes_used
+    """
+    fs = _open_fs(ctx)
+    try:
+        data = dict(fs.disk.info())
+        data["pinned"] = fs.disk.pinned()
+    finally:
+        fs.close()
+    if as_json:
+        echo_json(data)
+        return
+    used, bound = data["bytes_used"], data["max_bytes"]
+    pct = 100 * used / bound if bound else 0
+    rows = [("directory", data["directory"]),
+            ("used", f"{human(used)} of {human(bound)} ({pct:.1f}%)"),
+            ("files", data["files"]), ("blocks", data["blocks"]),
+            ("pinned", f"{data['pinned_files']} files, {human(data['pinned_bytes'])}")]
+    click.echo(table(rows, ["CACHE", ""]))
+    for url in data["pinned"]:
+        click.echo(f"  pinned: {url}")
+
+
+@cache.command("clear")
+@click.option("--yes", "-y", is_flag=True, help="Do not ask for confirmation.")
+@click.pass_context
+def cache_clear(ctx, yes):
+    """Delete every cached block (pins are kept, their blocks are not).
+
+    \b
+    Examples:
+      empiarfs cache clear
+      empiarfs cache clear --yes
+    """
+    fs = _open_fs(ctx)
+    try:
+        info = fs.disk.info()
+        if not yes:
+            click.confirm(f"Delete {human(info['bytes_used'])} of cached blocks in "
+                          f"{info['directory']}?", abort=True)
+        fs.disk.clear()
+        fs.meta.clear()
+    finally:
+        fs.close()
+    click.echo(f"cleared {human(info['bytes_used'])} from {info['directory']}")
+
+
+def _pin_command(ctx, paths, pin: bool, api_url, data_url, ftp_url):
+    fs = _open_fs(ctx, api_url, data_url, ftp_url)
+    try:
+        files = resolve_files(fs.archive, paths)
+        for _, info in files:
+            (fs.disk.pin if pin else fs.disk.unpin)(info.url)
+    finally:
+        fs.close()
+    for accession, info in files:
+        click.echo(f"{'pinned' if pin else 'unpinned'} {accession}/{info.path}")
+
+
+@cache.command("pin")
+@click.argument("paths", nargs=-1, required=True, metavar="ACCESSION/PATH...")
+@archive_options
+@click.pass_context
+def cache_pin(ctx, paths, api_url, data_url, ftp_url):
+    """Never evict these files' blocks (PATH may be a glob or a directory).
+
+    \b
+    Examples:
+      empiarfs cache pin EMPIAR-10002/data/100_movie_gc.mrcs
+      empiarfs cache pin 'EMPIAR-10002/data/*.mrcs'
+    """
+    _pin_command(ctx, paths, True, api_url, data_url, ftp_url)
+
+
+@cache.command("unpin")
+@click.argument("paths", nargs=-1, required=True, metavar="ACCESSION/PATH...")
+@archive_options
+@click.pass_context
+def cache_unpin(ctx, paths, api_url, data_url, ftp_url):
+    """Make these files' blocks evictable again.
+
+    \b
+    Examples:
+      empiarfs cache unpin 'EMPIAR-10002/data/*.mrcs'
+    """
+    _pin_command(ctx, paths, False, api_url, data_url, ftp_url)
+
+
+@cache.command("prefetch")
+@click.argument("paths", nargs=-1, required=True, metavar="ACCESSION/PATH...")
+@click.option("--pin", "pin_", is_flag=True, help="Also pin the files.")
+@click.option("-j", "--jobs", default=4, show_default=True, type=click.IntRange(1, 64),
+              help="Files fetched at once.")
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON summary.")
+@archive_options
+@click.pass_context
+def cache_prefetch(ctx, paths, pin_, jobs, as_json, api_url, data_url, ftp_url):
+    """Read files into the disk cache now, so later reads (mount, Python
+    API, `get`) are local. PATH may be a glob or a directory.
+
+    \b
+    Examples:
+      empiarfs cache prefetch EMPIAR-10002/data/100_movie_gc.mrcs
+      empiarfs cache prefetch 'EMPIAR-10002/data/**' --pin
+    """
+    fs = _open_fs(ctx, api_url, data_url, ftp_url)
+    progress = None if as_json else DownloadProgress()
+    started = time.monotonic()
+    results = []
+    try:
+        files = resolve_files(fs.archive, paths)
+        if progress:
+            progress.planned(len(files), sum(i.size for _, i in files))
+        step = fs.settings.max_request
+
+        def one(item):
+            accession, info = item
+            node = fs.stat(f"{accession}/{info.path}")
+            target = Target(accession, info.path, node.info.url if node.info else info.url,
+                            node.size)
+            if pin_:
+                fs.disk.pin(target.url)
+            if progress:
+                progress.started(target, node.size, 0)
+            began = time.monotonic()
+            for offset in range(0, node.size, step):
+                chunk = fs.read_node(node, offset, step)
+                if progress:
+                    progress.advanced(target, len(chunk))
+            result = FileResult(target, None, "cached", node.size, fetched=node.size,
+                                seconds=time.monotonic() - began)
+            if progress:
+                progress.finished(result)
+            return result
+
+        with ThreadPoolExecutor(max_workers=jobs, thread_name_prefix="prefetch") as pool:
+            results = list(pool.map(one, files))
+        usage = fs.disk.info()
+    finally:
+        if progress:
+            progress.close()
+        fs.close()
+    summary = {"files": len(results), "bytes": sum(r.size for r in results),
+               "seconds": round(time.monotonic() - started, 3),
+               "cache_bytes_used": usage["bytes_used"], "cache_max_bytes": usage["max_bytes"]}
+    if as_json:
+        echo_json(summary)
+    else:
+        click.echo(f"cached {summary['files']} files, {human(summary['bytes'])} in "
+                   f"{summary['seconds']:.1f} s; cache now {human(usage['bytes_used'])} of "
+                   f"{human(usage['max_bytes'])}", err=True)

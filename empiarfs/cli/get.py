@@ -1,0 +1,157 @@
+"""``empiarfs get``: parallel, resumable downloads keeping the archive layout."""
+
+from __future__ import annotations
+
+import logging
+
+import click
+
+from . import EXIT_ERROR, archive_options, main, settings_from
+from .output import DownloadProgress, echo_json, human, rate, table
+from ..download import DiskCacheSource, Downloader, targets_for, targets_from_lines
+from ..errors import InvalidInput
+from ..select import Selector, split_target
+
+log = logging.getLogger(__name__)
+
+
+def open_resources(settings, use_cache: bool = True):
+    """``(transport, archive, disk_store_or_None, closer)``.
+
+    The disk cache belongs to one process at a time; when a mount holds
+    it, downloads simply go to the network.
+    """
+    from ..archive.client import Archive
+    from ..http import Transport
+
+    if use_cache and settings.cache_dir and settings.cache_size > 0:
+        from ..cache.disk import CacheLocked
+        from ..fs import EmpiarFS
+
+        try:
+            fs = EmpiarFS(settings)
+        except CacheLocked as exc:
+            log.info("not using the disk cache: %s", exc)
+        except OSError as exc:
+            log.warning("not using the disk cache %s: %s", settings.cache_dir, exc)
+        else:
+            return fs.transport, fs.archive, fs.disk, fs.close
+    transport = Transport(settings)
+    archive = Archive(settings, transport)
+
+    def close():
+        archive.close()
+        transport.close()
+    return transport, archive, None, close
+
+
+@main.command()
+@click.argument("target", required=False, metavar="ACCESSION[/PATH]")
+@click.option("--from-list", "from_list", type=click.File("r"), metavar="FILE",
+              help="Download the files listed in FILE ('-' = stdin): https/ftp URLs as "
+                   "printed by `ls --urls`, or ACCESSION/PATH lines.")
+@click.option("--glob", "glob_", metavar="PATTERN",
+              help="Only files whose path (relative to the entry) matches this glob.")
+@click.option("--regex", metavar="RE", help="Only files whose relative path matches (re.search).")
+@click.option("-o", "--output", default=".", show_default=True,
+              type=click.Path(file_okay=False), help="Output directory.")
+@click.option("-j", "--jobs", default=4, show_default=True, type=click.IntRange(1, 64),
+              help="Files downloaded at once.")
+@click.option("--split", default=4, show_default=True, type=click.IntRange(1, 32),
+              help="Parallel range requests per large file.")
+@click.option("--dry-run", is_flag=True, help="Show what would be downloaded, resumed or skipped.")
+@click.option("--no-cache", is_flag=True, help="Do not read blocks from the disk cache.")
+@click.option("--json", "as_json", is_flag=True, help="Print the plan/summary as JSON.")
+@archive_options
+@click.pass_context
+def get(ctx, target, from_list, glob_, regex, output, jobs, split, dry_run, no_cache, as_json,
+        api_url, data_url, ftp_url):
+    """Download files, keeping the archive's layout: DIR/EMPIAR-N/data/...
+
+    Interrupted files resume from their .part file (after checking that the
+    file on the server is unchanged: same size and ETag; otherwise they
+    restart). A file appears under its final name only when complete;
+    files already present with the right size are skipped. Blocks already
+    in the disk cache are copied instead of downloaded.
+
+    \b
+    Patterns match paths relative to the entry: '*' stays in one
+    directory, '**' crosses them, a pattern without '/' matches names.
+
+    \b
+    Examples:
+      empiarfs get EMPIAR-10002/data/100_movie_gc.mrcs -o ~/empiar
+      empiarfs get 10002 --glob 'data/*.mrcs' -o ~/empiar --jobs 8
+      empiarfs get 10002 --dry-run
+      empiarfs ls 10002 -R --glob '*.mrcs' --urls https > list.txt
+      empiarfs get --from-list list.txt -o ~/empiar
+    Run the same command again to resume after an interruption.
+    """
+    if bool(target) == bool(from_list):
+        raise click.UsageError("give either ACCESSION[/PATH] or --from-list FILE")
+    if from_list and (glob_ or regex):
+        raise click.UsageError("--glob/--regex apply to ACCESSION[/PATH], not to --from-list")
+    settings = settings_from(ctx.obj, api_url=api_url, data_url=data_url, ftp_url=ftp_url)
+    selector = Selector.from_options(glob_, regex)
+    transport, archive, disk, close = open_resources(settings, use_cache=not no_cache)
+    progress = None
+    try:
+        if from_list:
+            targets = targets_from_lines(from_list, archive, settings)
+            if not targets:
+                raise InvalidInput(f"no files listed in {from_list.name}")
+        else:
+            accession, relpath = split_target(target)
+            targets = targets_for(archive, accession, relpath, selector)
+            if not targets:
+                raise InvalidInput(f"no files in {target} match {selector.description} "
+                                   f"(see: empiarfs ls {accession} -R)")
+        progress = None if (dry_run or as_json) else DownloadProgress()
+        downloader = Downloader(transport, output, jobs=jobs, split=split,
+                                piece_size=settings.max_request,
+                                cache=DiskCacheSource(disk) if disk is not None else None,
+                                listener=progress)
+        if dry_run:
+            _show_plan(downloader.plan(targets), as_json)
+            return
+        try:
+            summary = downloader.run(targets)
+        finally:
+            if progress is not None:
+                progress.close()
+    finally:
+        close()
+    data = summary.as_dict()
+    if as_json:
+        echo_json(data)
+    else:
+        parts = [f"{data['downloaded']} downloaded", f"{data['resumed']} resumed",
+                 f"{data['skipped']} skipped"]
+        if data["failed"]:
+            parts.append(click.style(f"{data['failed']} failed", fg="red"))
+        cache_note = (f", {human(data['bytes_from_cache'])} from the disk cache"
+                      if data["bytes_from_cache"] else "")
+        click.echo(f"{data['files']} files ({', '.join(parts)}): {human(data['bytes'])} "
+                   f"in {output}; fetched {human(data['bytes_fetched'])}{cache_note} in "
+                   f"{summary.seconds:.1f} s ({rate(data['bytes_fetched'], summary.seconds)})",
+                   err=True)
+        for failure in data["failures"]:
+            click.echo(f"failed: {failure['file']}: {failure['error']}", err=True)
+        if data["failed"]:
+            click.echo("run the same command again to retry the failed files", err=True)
+    if summary.failures:
+        ctx.exit(EXIT_ERROR)
+
+
+def _show_plan(items, as_json: bool) -> None:
+    if as_json:
+        echo_json([{"file": i.target.label, "path": str(i.path), "size": i.size,
+                    "status": i.status, "present": i.present, "error": i.error}
+                   for i in items])
+        return
+    rows = [(i.status, human(i.size), human(i.present) if i.status == "resume" else "",
+             i.target.label + (f"  ({i.error})" if i.error else "")) for i in items]
+    click.echo(table(rows, ["ACTION", "SIZE", "HAVE", "FILE"], right=(1, 2)))
+    todo = [i for i in items if i.status in ("new", "resume")]
+    click.echo(f"{len(todo)} of {len(items)} files to fetch, "
+               f"{human(sum(i.size - i.present for i in todo))} to download")
