@@ -22,7 +22,9 @@ the process is killed between the reservation and the write.
 
 Crash safety: a block is written to ``<name>.tmp`` and renamed into place,
 then its row turns from ``pending`` to ``ready``. On start, every pending
-row's files (final and temporary) are deleted. Every read verifies the
+row's files (final and temporary) are deleted, and the ``blocks/`` tree is
+scanned once so that rows without a file and files without a row (a kill
+between an unlink and its row delete) are removed too. Every read verifies the
 header and the crc32 of the payload; a block failing verification is
 deleted and reported missing, never served. No fsync is needed: a torn file
 after a power cut fails the checksum.
@@ -244,13 +246,17 @@ class DiskStore:
         for url, fid, fpkey, pinned in db.execute("SELECT url, fid, fpkey, pinned FROM files"):
             self._files[url] = _File(fid, fpkey, _fpsize(fpkey), bool(pinned))
             self._fid_url[fid] = url
+        on_disk = self._scan_block_files()
         orphan_rows = []
         for fid, idx, size in db.execute(
                 "SELECT fid, idx, size FROM blocks ORDER BY atime").fetchall():
             url = self._fid_url.get(fid)
-            if url is None:
+            path = self._path(fid, idx)
+            if url is None or path not in on_disk:
+                # A kill between unlinking a block and deleting its row.
                 orphan_rows.append((fid, idx))
                 continue
+            on_disk.discard(path)
             target = self._held if self._files[url].pinned else self._lru
             target[(fid, idx)] = size
             self._by_fid.setdefault(fid, set()).add(idx)
@@ -258,9 +264,27 @@ class DiskStore:
         for fid, idx in orphan_rows:
             self._unlink_block(fid, idx)
             db.execute("DELETE FROM blocks WHERE fid=? AND idx=?", (fid, idx))
+        # Files without a row (temporary files, blocks of dropped rows) are
+        # not accounted: delete them so the directory matches the index.
+        for path in on_disk:
+            try:
+                os.unlink(path)
+            except OSError:  # pragma: no cover
+                pass
         # The bound may have been lowered since the last run.
         if self._used > self._max:
             self._evict_for(0)
+
+    def _scan_block_files(self) -> set:
+        """Every file under ``blocks/`` (one scandir per shard directory)."""
+        found = set()
+        root = os.path.join(self.directory, "blocks")
+        with os.scandir(root) as shards:
+            for shard in shards:
+                if shard.is_dir(follow_symlinks=False):
+                    with os.scandir(shard.path) as entries:
+                        found.update(entry.path for entry in entries)
+        return found
 
     # --------------------------------------------------------------- helpers
     def _path(self, fid: int, idx: int) -> str:
