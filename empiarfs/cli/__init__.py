@@ -84,6 +84,7 @@ COMMAND_MODULES = [
     "get",
     "cache",
     "mount",
+    "export",
 ]
 
 _load_commands()
