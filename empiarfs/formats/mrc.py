@@ -201,9 +201,11 @@ def frame_indices(frames: FrameSpec, count: int, what: str = "frame") -> tuple[l
         return [index % count], False
     if isinstance(frames, slice):
         return list(range(*frames.indices(count))), True
+    if isinstance(frames, (str, bytes)):
+        frames = None  # fall through to the type error below
     try:
         indices = [int(i) for i in frames]
-    except TypeError as exc:
+    except (TypeError, ValueError) as exc:
         raise InvalidInput(
             f"{what}s must be None, an int, a slice or a list of ints, not {frames!r}"
         ) from exc
@@ -280,7 +282,10 @@ def read_mrc(fileobj, *, frames: FrameSpec = None, header_only: bool = False,
         data = np.zeros((0,) + frame_shape, dtype)
     else:
         where = {first + k: block[k] for first, block in blocks for k in range(len(block))}
-        data = np.stack([where[i] for i in indices])
+        # Filled by assignment: np.stack would convert to native byte order.
+        data = np.empty((len(indices),) + frame_shape, dtype)
+        for k, i in enumerate(indices):
+            data[k] = where[i]
     if not keep_axis:
         data = data[0]
     elif len(shape) == 2 and frames is None:
