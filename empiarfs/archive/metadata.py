@@ -10,6 +10,7 @@ strings, any field may be null or missing, ``directory`` may start with
 from __future__ import annotations
 
 import json
+import math
 import posixpath
 
 from ..errors import BadResponse
@@ -101,7 +102,7 @@ def _int(value):
         return None
     try:
         return int(float(str(value).strip()))
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):  # "inf" overflows int()
         return None
 
 
@@ -109,9 +110,17 @@ def _float(value):
     if value is None or isinstance(value, bool):
         return None
     try:
-        return float(str(value).strip())
+        number = float(str(value).strip())
     except (TypeError, ValueError):
         return None
+    return number if math.isfinite(number) else None
+
+
+def _bool(value) -> bool:
+    """JSON booleans, and the strings a loose serialiser may send."""
+    if isinstance(value, str):
+        return value.strip().lower() in ("true", "1", "yes", "y")
+    return bool(value)
 
 
 def _list(value) -> list:
@@ -175,9 +184,9 @@ def _citation(value):
         last_page=_text(value.get("last_page")),
         doi=_text(value.get("doi")),
         pubmedid=_text(value.get("pubmedid")),
-        published=bool(value.get("published")),
-        preprint=bool(value.get("preprint")),
-        j_or_nj_citation=value.get("j_or_nj_citation") is not False,
+        published=_bool(value.get("published")),
+        preprint=_bool(value.get("preprint")),
+        j_or_nj_citation=value.get("j_or_nj_citation") is None or _bool(value.get("j_or_nj_citation")),
         details=_text(value.get("details")),
     )
 
