@@ -13,7 +13,10 @@ Every verb takes a *path*, which is one of:
 
 Archive paths use one module-level :class:`EmpiarFS`, created on first use
 from :meth:`Settings.load` (or from :func:`configure`); each verb also
-takes ``fs=`` to use a specific one. A forked child process (a DataLoader
+takes ``fs=`` to use a specific one. It uses the disk block cache in
+``Settings.cache_dir`` when no other process holds it; while a mount owns
+that cache, it runs on its memory cache (read through the mount's paths
+instead to share the mount's cache). A forked child process (a DataLoader
 worker) gets its own, as sockets and threads do not survive a fork.
 """
 
@@ -108,7 +111,8 @@ def default_fs():
 
             # A default inherited through fork is not closed here: its
             # threads and sockets belong to the parent process.
-            _default = EmpiarFS(_settings if _settings is not None else Settings.load())
+            _default = EmpiarFS(_settings if _settings is not None else Settings.load(),
+                                exclusive_cache=False)
             _default_pid = os.getpid()
         return _default
 

@@ -240,7 +240,7 @@ class EmpiarDataset:
         if self._fs is None or self._fs_pid != os.getpid():
             from .fs import EmpiarFS
 
-            self._fs = EmpiarFS(self.settings)
+            self._fs = EmpiarFS(self.settings, exclusive_cache=False)
             self._fs_pid = os.getpid()
         return self._fs
 
