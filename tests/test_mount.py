@@ -23,6 +23,7 @@ import pytest
 import starfile
 import tifffile
 
+from empiarfs.server import ArchiveServer
 from support.mounting import mounted, requires_fuse, sha256_of, stats
 
 pytestmark = [requires_fuse, pytest.mark.fuse]
@@ -43,6 +44,34 @@ def _pick(manifest, suffix, limit=None):
 @pytest.fixture
 def settings(archive_server, tmp_path, settings_for):
     return settings_for(archive_server, tmp_path)
+
+
+class _Restartable:
+    """An HTTP-only archive server that can go down and come back on the same port."""
+
+    def __init__(self, root):
+        self.root = root
+        self.server = ArchiveServer(root).start()
+        self.port = self.server.port
+        self.api_url, self.data_url, self.ftp_url = self.server.api_url, self.server.data_url, ""
+
+    def stop(self):
+        self.server.stop()
+
+    def start(self):
+        self.server = ArchiveServer(self.root, port=self.port).start()
+
+
+@pytest.fixture
+def free_server(sample_root):
+    made = []
+
+    def make():
+        made.append(_Restartable(sample_root))
+        return made[-1]
+    yield make
+    for server in made:
+        server.stop()
 
 
 def test_every_file_exact_size_and_sha256(settings, manifest, tmp_path):
