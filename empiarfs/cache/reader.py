@@ -24,7 +24,7 @@ How a read works
    every cached block of the file.
 
 Sequential reads (each starting where a previous read of the file ended,
-up to one block later) grow a read-ahead window from 1 MiB, doubling up to
+or up to one read later; read-ahead starts at the third such read) grow a read-ahead window from 1 MiB, doubling up to
 ``settings.readahead`` (and at most a quarter of the memory cache, so
 prefetched blocks are not evicted before they are read). Random reads
 fetch only the blocks they touch.
@@ -93,12 +93,14 @@ class _Flight:
 
 
 class _Stream:
-    __slots__ = ("end", "window", "ahead")
+    __slots__ = ("end", "last_size", "hits", "window", "ahead")
 
-    def __init__(self, end: int):
-        self.end = end        # where the next sequential read starts
-        self.window = 0       # current read-ahead window (0: not sequential yet)
-        self.ahead = end      # read-ahead was issued up to here
+    def __init__(self, end: int, last_size: int):
+        self.end = end              # where the next sequential read starts
+        self.last_size = last_size  # size of the last read of this stream
+        self.hits = 0               # reads that continued this stream
+        self.window = 0             # read-ahead window (0: not sequential yet)
+        self.ahead = end            # read-ahead was issued up to here
 
 
 class _FileState:
@@ -261,24 +263,37 @@ class BlockReader:
     def _plan_readahead(self, state: _FileState, offset: int, end: int) -> dict[int, _Flight]:
         """Update the sequential streams and claim read-ahead blocks
         (reader lock held)."""
+        # A read continues a stream if it starts where the stream ended, or
+        # at most one read further (a kernel may deliver its own read-ahead
+        # requests slightly out of order).
         match = None
         for stream in state.streams:
-            if stream.end <= offset <= stream.end + self._bs:
+            if stream.end <= offset <= stream.end + stream.last_size:
                 match = stream
                 break
         if match is None:
-            state.streams.insert(0, _Stream(end))
+            state.streams.insert(0, _Stream(end, end - offset))
             del state.streams[STREAMS_PER_FILE:]
             return {}
         state.streams.remove(match)
         state.streams.insert(0, match)
         match.end = max(match.end, end)
+        match.last_size = end - offset
+        match.hits += 1
+        # Two continuations in a row before any read-ahead: a random reader
+        # landing by chance just after an earlier read must not pay for one.
+        if match.hits < 2:
+            return {}
         match.window = min(max(2 * match.window, INITIAL_WINDOW), self._max_window)
         file_size = state.key.fingerprint.size
         if match.ahead - end >= match.window // 2 or match.ahead >= file_size:
             return {}
         start = max(match.ahead, end)
-        stop = min(end + match.window, file_size)
+        span = end + match.window - start
+        # Whole max_request units, so refills do not leave small requests.
+        if span >= self.settings.max_request:
+            span -= span % self.settings.max_request
+        stop = min(start + span, file_size)
         match.ahead = stop
         claimed: dict[int, _Flight] = {}
         for idx in blocks_for(start, stop - start, self._bs, file_size):
