@@ -44,7 +44,7 @@ def _settings(ctx, **kw):
     return settings_from(ctx.obj, **{k: kw.get(k) for k in keys})
 
 
-def _serve_mount(settings, mountpoint, foreground, debug, before=None):
+def _serve_mount(settings, mountpoint, foreground, debug, before=None, source=None):
     """Mount in this process (foreground) or in a detached child."""
     from ..fs import EmpiarFS
     from ..mount import check_mountpoint, daemonize_and_mount, run_fuse
@@ -61,7 +61,8 @@ def _serve_mount(settings, mountpoint, foreground, debug, before=None):
         return
     log_file = os.path.join(settings.cache_dir, "logs", f"mount-{int(time.time())}.log")
     pid = daemonize_and_mount(child, mountpoint, log_file)
-    click.echo(f"empiarfs: mounted {settings.data_url} at {mountpoint} (pid {pid}, log {log_file})")
+    click.echo(f"empiarfs: mounted {source or settings.data_url} at {mountpoint} "
+               f"(pid {pid}, log {log_file})")
     click.echo(f"empiarfs: unmount with: empiarfs umount {mountpoint}")
 
 
@@ -141,7 +142,8 @@ def demo(ctx, mountpoint, root, many_files, foreground, **kw):
         return settings.replace(api_url=server.api_url, data_url=server.data_url,
                                 ftp_url=server.ftp_url or "")
 
-    _serve_mount(settings, mountpoint, foreground, False, before=start_server)
+    _serve_mount(settings, mountpoint, foreground, False, before=start_server,
+                 source=f"the sample archive in {root}")
 
 
 @main.command()
