@@ -339,8 +339,7 @@ def _normalise(doc: dict) -> dict:
         out["scale"] = str(found) if found else scale
     if isinstance(out.get("release_date"), str):
         out["release_date"] = out["release_date"].strip().upper()
-    for key in ("authors",):
-        out[key] = [_author_name(a) for a in out.get(key) or []]
+    out["authors"] = _author_list(out.get("authors"))
     for person_key in ("corresponding_author",):
         out[person_key] = _person_country(out.get(person_key))
     out["principal_investigator"] = [_person_country(p)
@@ -349,10 +348,22 @@ def _normalise(doc: dict) -> dict:
     for citation in out.get("citation") or []:
         if isinstance(citation, dict):
             citation = dict(citation)
-            citation["authors"] = [_author_name(a) for a in citation.get("authors") or []]
+            citation["authors"] = _author_list(citation.get("authors"))
         citations.append(citation)
     out["citation"] = citations
     out["imagesets"] = [_imageset_codes(s) for s in out.get("imagesets") or []]
+    return out
+
+
+def _author_list(authors) -> list:
+    """Names to tuple-strings; a missing ``order_id`` is the list position
+    (the order users write them in is the order they mean)."""
+    out = []
+    for i, author in enumerate(authors or []):
+        author = _author_name(author)
+        if isinstance(author, dict) and author.get("order_id") is None:
+            author = {**author, "order_id": i}
+        out.append(author)
     return out
 
 
