@@ -507,8 +507,9 @@ def test_cli_export_from_archive_server(archive_root, validator, tmp_path):
         assert result.exit_code == 0, result.output
         record = json.loads(out.read_text(encoding="utf-8"))
         assert validator.validate(record) == []
-        assert any("file_size_bytes" in f or "storage_uri" in f
-                   for f in record.get("data_files", []))
+        listed = [f for f in record.get("data_files", []) if "#file/" in f["id"]]
+        assert listed, "no per-file DataFiles from the listing"
+        assert all(f["storage_uri"].startswith(server.data_url) for f in listed)
 
         result = CliRunner().invoke(main, ["export", "EMPIAR-1", *urls])
         assert result.exit_code == 1
