@@ -203,17 +203,33 @@ def open(path, *, fs=None):  # noqa: A001  (the verb mirrors builtins.open)
     return io.BufferedReader(raw, buffer_size=_REMOTE_BUFFER)
 
 
+def _is_file(obj) -> bool:
+    return hasattr(obj, "read") and hasattr(obj, "seek")
+
+
+def _label(path, name) -> str:
+    """The name a format is detected from: ``name=``, the path, or a file
+    object's ``name``/``path`` attribute (fsspec files carry ``path``)."""
+    if name:
+        return str(name)
+    if not _is_file(path):
+        return str(os.fspath(path))
+    for attr in ("name", "path"):
+        value = getattr(path, attr, None)
+        if isinstance(value, str) and value:
+            return value
+    raise InvalidInput("cannot tell the format of an unnamed file object: pass name='x.mrcs'")
+
+
 class _Source:
     """An opened input: the file object, its name, and whether we own it."""
 
     def __init__(self, path, fs, name):
-        if hasattr(path, "read") and hasattr(path, "seek"):
+        self.name = _label(path, name)
+        if _is_file(path):
             self.file, self.owned = path, False
-            self.name = name or getattr(path, "name", None) or "<stream>"
         else:
             self.file, self.owned = open(path, fs=fs), True
-            self.name = name or os.fspath(path)
-        self.name = str(self.name)
 
     def __enter__(self):
         return self
@@ -224,8 +240,8 @@ class _Source:
 
 
 def _kind(path, name, expected: Optional[str] = None) -> tuple[str, bool]:
-    label = name or (getattr(path, "name", None) if hasattr(path, "read") else os.fspath(path))
-    kind, compressed = detect(str(label))
+    label = _label(path, name)
+    kind, compressed = detect(label)
     if expected and kind != expected:
         from .errors import UnsupportedFormat
 
