@@ -1,0 +1,408 @@
+"""A fault-injecting HTTP proxy on loopback, for the faults the archive
+server cannot make itself, plus the read checks the fault tests share.
+
+``FaultProxy(upstream_url)`` listens on ``127.0.0.1`` (real sockets) and
+forwards each request to the upstream server on a fresh connection. It
+keeps the *client's* connection alive between requests, which is what
+makes wire-level lies dangerous: a body longer than its Content-Length
+leaves bytes in the socket that a careless client parses as the next
+response. Rules, matched in order against the request path, change what
+goes back::
+
+    with FaultProxy(server.url) as proxy:
+        proxy.add(Rule("extra_bytes", path=r"\\.mrcs$", count=3, extra=b"EVIL"))
+        proxy.add(Rule("canned", path=r"/10002/data/$", body=hostile_html))
+
+Actions:
+
+``forward``
+    Pass through unchanged (the default when no rule matches).
+``canned``
+    Answer with ``status``/``headers``/``body`` without asking upstream.
+``extra_bytes``
+    Append ``extra`` bytes after a body whose headers are unchanged, and
+    keep the connection open.
+``shift_range``
+    Rewrite ``Content-Range: bytes a-b/n`` to ``a+1-b+1/n`` (the body and
+    the connection unchanged).
+``drip``
+    Send the whole response at ``rate`` bytes per second (default 1).
+``stall``
+    Accept the request and never answer (until the proxy stops).
+``cut``
+    Send the headers and half the body, then close (clean FIN).
+
+Everything the proxy did is counted in ``proxy.counts`` (action -> n).
+Stdlib only; the proxy never imports empiarfs.
+"""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import os
+import re
+import socket
+import threading
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from urllib.parse import urlsplit
+
+_HEAD_LIMIT = 64 * 1024
+_UPSTREAM_TIMEOUT = 60.0
+
+
+@dataclass
+class Rule:
+    """One fault: ``action`` applied to requests whose path matches
+    ``path`` (a regular expression searched in the request target; ``None``
+    matches all), at most ``count`` times (``None``: unlimited)."""
+
+    action: str
+    path: str | None = None
+    count: int | None = None
+    status: int = 200
+    headers: tuple = ()
+    body: bytes = b""
+    extra: bytes = b"X" * 4096
+    rate: float = 1.0
+    method: str | None = None
+    used: int = field(default=0, compare=False)
+
+    _ACTIONS = ("forward", "canned", "extra_bytes", "shift_range", "drip", "stall", "cut")
+
+    def __post_init__(self):
+        if self.action not in self._ACTIONS:
+            raise ValueError(f"unknown action {self.action!r}; one of {', '.join(self._ACTIONS)}")
+
+    def matches(self, method: str, target: str) -> bool:
+        if self.count is not None and self.used >= self.count:
+            return False
+        if self.method and self.method != method:
+            return False
+        return self.path is None or re.search(self.path, target) is not None
+
+
+class FaultProxy:
+    """HTTP/1.1 proxy ``127.0.0.1:port -> upstream_url`` with fault rules.
+
+    Parameters
+    ----------
+    upstream_url : str
+        ``http://127.0.0.1:PORT`` of the real server (path ignored).
+    port : int
+        Port to listen on; 0 picks a free one. Restarting a stopped proxy
+        on its old port simulates a server coming back.
+
+    Raises
+    ------
+    OSError
+        If the port cannot be bound.
+    """
+
+    def __init__(self, upstream_url: str, port: int = 0):
+        parts = urlsplit(upstream_url)
+        self.upstream = (parts.hostname or "127.0.0.1", parts.port or 80)
+        self.rules: list[Rule] = []
+        self.counts: Counter = Counter()
+        self._lock = threading.Lock()
+        self._stopping = threading.Event()
+        self._conns: set = set()
+        self._threads: list = []
+        self._listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self._listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self._listener.bind(("127.0.0.1", port))
+        self._listener.listen(256)
+        self.port = self._listener.getsockname()[1]
+        self._acceptor = threading.Thread(target=self._accept_loop, name="faultproxy", daemon=True)
+
+    # ------------------------------------------------------------ lifecycle
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self) -> "FaultProxy":
+        self._acceptor.start()
+        return self
+
+    def stop(self) -> None:
+        """Close the listener and every connection; join the threads."""
+        self._stopping.set()
+        try:
+            self._listener.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+        self._listener.close()
+        with self._lock:
+            conns = list(self._conns)
+        for conn in conns:
+            _close_quietly(conn)
+        self._acceptor.join(timeout=5)
+        for thread in list(self._threads):
+            thread.join(timeout=5)
+
+    def __enter__(self) -> "FaultProxy":
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+    def add(self, rule: Rule) -> Rule:
+        """Append a rule (rules are tried in order); returns it."""
+        with self._lock:
+            self.rules.append(rule)
+        return rule
+
+    def clear(self) -> None:
+        with self._lock:
+            self.rules.clear()
+
+    # ------------------------------------------------------------ serving
+    def _accept_loop(self) -> None:
+        while not self._stopping.is_set():
+            try:
+                conn, _ = self._listener.accept()
+            except OSError:
+                return
+            with self._lock:
+                self._conns.add(conn)
+                self._threads = [t for t in self._threads if t.is_alive()]
+                thread = threading.Thread(target=self._serve, args=(conn,), daemon=True)
+                self._threads.append(thread)
+            thread.start()
+
+    def _serve(self, conn: socket.socket) -> None:
+        buf = b""
+        try:
+            conn.settimeout(_UPSTREAM_TIMEOUT)
+            while not self._stopping.is_set():
+                request, buf = _read_request(conn, buf)
+                if request is None:
+                    return
+                method, target = request.split(b" ", 2)[:2]
+                method, target = method.decode("latin-1"), target.decode("latin-1")
+                rule = self._pick(method, target)
+                if not self._answer(conn, rule, method, request):
+                    return
+        except OSError:
+            return
+        finally:
+            with self._lock:
+                self._conns.discard(conn)
+            _close_quietly(conn)
+
+    def _pick(self, method: str, target: str) -> Rule:
+        with self._lock:
+            for rule in self.rules:
+                if rule.matches(method, target):
+                    rule.used += 1
+                    self.counts[rule.action] += 1
+                    return rule
+        return Rule("forward")
+
+    def _answer(self, conn, rule: Rule, method: str, request: bytes) -> bool:
+        """Send one response; False if the client connection is done."""
+        if rule.action == "stall":
+            self._stopping.wait()
+            return False
+        if rule.action == "canned":
+            head = _head(rule.status, list(rule.headers) + [("Content-Length", str(len(rule.body)))])
+            conn.sendall(head + (b"" if method == "HEAD" else rule.body))
+            return True
+        status, headers, body = self._upstream(request, method)
+        if rule.action == "shift_range":
+            headers = [(k, _shift(v) if k.lower() == "content-range" else v) for k, v in headers]
+        head = _head(status, headers)
+        if rule.action == "extra_bytes":
+            conn.sendall(head + body + rule.extra)
+            return True
+        if rule.action == "cut":
+            conn.sendall(head + body[: len(body) // 2])
+            return False
+        if rule.action == "drip":
+            for byte in head + body:
+                if self._stopping.wait(1.0 / rule.rate):
+                    return False
+                conn.sendall(bytes([byte]))
+            return True
+        conn.sendall(head + body)
+        return True
+
+    def _upstream(self, request: bytes, method: str):
+        """Ask upstream on a fresh connection; returns (status, headers, body)."""
+        head, _, rest = request.partition(b"\r\n\r\n")
+        lines = [ln for ln in head.split(b"\r\n")
+                 if not ln.lower().startswith((b"connection:", b"keep-alive:"))]
+        lines.append(b"Connection: close")
+        with socket.create_connection(self.upstream, timeout=_UPSTREAM_TIMEOUT) as up:
+            up.sendall(b"\r\n".join(lines) + b"\r\n\r\n" + rest)
+            chunks = []
+            while True:
+                try:
+                    data = up.recv(1 << 16)
+                except OSError:  # upstream reset: pass on what we have
+                    break
+                if not data:
+                    break
+                chunks.append(data)
+        raw = b"".join(chunks)
+        rhead, _, body = raw.partition(b"\r\n\r\n")
+        status_line, *header_lines = rhead.decode("latin-1").split("\r\n")
+        status = int(status_line.split()[1]) if len(status_line.split()) > 1 else 502
+        headers = []
+        for line in header_lines:
+            name, _, value = line.partition(":")
+            if name.lower() not in ("connection", "keep-alive"):
+                headers.append((name.strip(), value.strip()))
+        if method == "HEAD":
+            body = b""
+        return status, headers, body
+
+
+def _read_request(conn, buf: bytes):
+    """One request (head + body) from ``conn``; ``(None, b"")`` at EOF."""
+    while b"\r\n\r\n" not in buf:
+        if len(buf) > _HEAD_LIMIT:
+            return None, b""
+        data = conn.recv(1 << 16)
+        if not data:
+            return None, b""
+        buf += data
+    head, _, rest = buf.partition(b"\r\n\r\n")
+    length = 0
+    for line in head.split(b"\r\n")[1:]:
+        name, _, value = line.partition(b":")
+        if name.strip().lower() == b"content-length":
+            length = int(value.strip() or 0)
+    while len(rest) < length:
+        data = conn.recv(1 << 16)
+        if not data:
+            return None, b""
+        rest += data
+    return head + b"\r\n\r\n" + rest[:length], rest[length:]
+
+
+def _head(status: int, headers) -> bytes:
+    lines = [f"HTTP/1.1 {status} X"] + [f"{k}: {v}" for k, v in headers]
+    lines.append("Connection: keep-alive")
+    return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
+
+
+def _shift(value: str) -> str:
+    match = re.match(r"\s*bytes\s+(\d+)-(\d+)/(\S+)", value)
+    if not match:
+        return value
+    first, last, total = match.groups()
+    return f"bytes {int(first) + 1}-{int(last) + 1}/{total}"
+
+
+def _close_quietly(sock) -> None:
+    try:
+        sock.shutdown(socket.SHUT_RDWR)
+    except OSError:
+        pass
+    try:
+        sock.close()
+    except OSError:
+        pass
+
+
+def refused_url() -> str:
+    """``http://127.0.0.1:PORT`` where nothing listens (connections are
+    refused): a port just bound and released."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    return f"http://127.0.0.1:{port}"
+
+
+# --------------------------------------------------------------------------
+# Read checks shared by the fault tests and scripts/soak
+
+
+#: errnos a failed read may report: I/O error, stale file, timeout.
+CLEAR_ERRNOS = {errno.EIO, errno.ESTALE, errno.ETIMEDOUT}
+
+
+@dataclass
+class ReadOutcome:
+    """What one checked read of a whole file did."""
+
+    path: str
+    ok: bool                 # every byte read, and all equal to the truth
+    wrong_bytes: int         # bytes returned that differ from the truth
+    verified: int            # bytes returned and found equal to the truth
+    errno: int | None        # errno of the failing read() call, if any
+    slowest_call: float      # longest single read() call, seconds
+    elapsed: float
+
+    @property
+    def clean(self) -> bool:
+        """Correct, or failed with a clear errno and no wrong byte."""
+        return self.wrong_bytes == 0 and (self.ok or self.errno in CLEAR_ERRNOS)
+
+
+def check_read(path, truth: bytes, chunk: int = 1 << 20, offset: int = 0) -> ReadOutcome:
+    """Read ``path`` from ``offset`` to its end with ordinary ``os.read``
+    calls and compare every byte returned with ``truth`` (the whole file).
+
+    A failing call ends the read: its errno is recorded, the bytes returned
+    before it are still checked.
+    """
+    began = time.monotonic()
+    slowest = 0.0
+    got = 0
+    wrong = 0
+    code = None
+    fd = None
+    try:
+        fd = os.open(path, os.O_RDONLY)
+        pos = offset
+        while True:
+            t0 = time.monotonic()
+            try:
+                data = os.pread(fd, chunk, pos)
+            finally:
+                slowest = max(slowest, time.monotonic() - t0)
+            if not data:
+                break
+            want = truth[pos:pos + len(data)]
+            if data != want:
+                wrong += sum(1 for a, b in zip(data, want) if a != b) + abs(len(data) - len(want))
+            else:
+                got += len(data)
+            pos += len(data)
+    except OSError as exc:
+        code = exc.errno
+    finally:
+        if fd is not None:
+            os.close(fd)
+    complete = code is None and offset + got == len(truth) and wrong == 0
+    return ReadOutcome(str(path), complete, wrong, got, code, slowest, time.monotonic() - began)
+
+
+def read_in_thread(func, *args, limit: float):
+    """Run ``func(*args)`` on a daemon thread; its result, or raise
+    ``TimeoutError`` if it takes longer than ``limit`` seconds (a hung
+    read must fail the test, not hang the suite)."""
+    box: dict = {}
+
+    def run():
+        try:
+            box["value"] = func(*args)
+        except BaseException as exc:  # handed to the caller
+            box["error"] = exc
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    thread.join(limit)
+    if thread.is_alive():
+        raise TimeoutError(f"{getattr(func, '__name__', func)}{args[:1]} still running after {limit:.0f} s")
+    if "error" in box:
+        raise box["error"]
+    return box["value"]
+
+
+def sha256_bytes(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
