@@ -369,9 +369,19 @@ class Transport:
                 url=final,
             )
 
-        return self._request(
+        stat = self._request(
             "HEAD", url, deadline=deadline, headers={"Accept-Encoding": "identity"}, consume=consume
         )
+        if stat.size is None and not stat.url.endswith("/"):
+            # Apache omits Content-Length on HEAD of an empty file; some
+            # servers omit it always. A one-byte range GET tells the size.
+            size = self._request(
+                "GET", stat.url, deadline=deadline,
+                headers={"Range": "bytes=0-0", "Accept-Encoding": "identity"},
+                consume=lambda resp, final, ctl: _size_from_probe(resp),
+            )
+            stat = RemoteStat(size, stat.etag, stat.last_modified, stat.mtime, stat.url)
+        return stat
 
     def fetch_range(
         self,
@@ -722,6 +732,19 @@ class Transport:
 def _weakless(etag: str) -> str:
     etag = etag.strip()
     return etag[2:] if etag.startswith("W/") else etag
+
+
+def _size_from_probe(resp) -> Optional[int]:
+    """File size from the reply to ``Range: bytes=0-0`` (body unread)."""
+    if resp.status_code in (206, 416) and resp.headers.get("Content-Range"):
+        total = parse_content_range(resp.headers["Content-Range"])[2]
+        if total is not None:
+            return total
+    if resp.status_code == 416:
+        return 0
+    if resp.status_code == 200:
+        return _content_length(resp)
+    return None
 
 
 def _content_length(resp) -> Optional[int]:
