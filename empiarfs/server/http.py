@@ -330,6 +330,10 @@ class _Handler(BaseHTTPRequestHandler):
             self.wfile.write(data)
             sent += len(data)
             stats.add("bytes_sent", len(data))
+            if decision.drip and not self.owner.faults.drip:
+                # Knob switched off mid-body (test teardown): finish at full
+                # speed instead of holding the connection for minutes.
+                rate, chunk = 0.0, _CHUNK
             if rate:
                 ahead = sent / rate - (time.monotonic() - began)
                 if ahead > 0 and not self._wait(ahead):
