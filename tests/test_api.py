@@ -224,3 +224,24 @@ def test_import_empiarfs_stays_light():
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "[]"
     assert callable(empiarfs.load_mrc) and "load" in dir(empiarfs)
+
+
+@pytest.mark.fuse
+def test_load_through_a_real_mount(archive_server, tmp_path, settings_for, sample_root):
+    from support.mounting import fuse_available, mounted, stats
+
+    reason = fuse_available()
+    if reason:
+        pytest.skip(f"FUSE unavailable: {reason}")
+    settings = settings_for(archive_server, tmp_path, block_size=BLOCK)
+    # Read-ahead off, so the counter shows what the loader asked for.
+    with mounted(settings, tmp_path / "mnt", env={"EMPIARFS_READAHEAD": "0"}) as mnt:
+        path = os.path.join(mnt, STACK)
+        with mrcfile.open(source(sample_root, STACK)) as ref:
+            np.testing.assert_array_equal(empiarfs.load(path, frames=slice(0, 4)), ref.data[:4])
+            header = empiarfs.load_mrc(path, header_only=True)
+            assert header.header.tobytes() == ref.header.tobytes()
+        fetched_bytes = stats(mnt)["reader"]["bytes_fetched"]
+    # Four 256 KiB frames of a 3 MiB file: the kernel's own page-cache
+    # read-ahead adds some, but the tail of the file is never fetched.
+    assert 0 < fetched_bytes < 0.8 * os.path.getsize(source(sample_root, STACK))
