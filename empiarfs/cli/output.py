@@ -165,8 +165,11 @@ class DownloadProgress(Listener):
         speed = self._fetched / elapsed if elapsed > 0 else 0
         remaining = max(self._total - self._done, 0)
         eta = remaining / speed if speed > 0 else None
+        # Sizes are known once a file starts (HEAD), so the total may still grow.
+        more = "+" if self._finished + len(self._files) < self._count else ""
         lines = [f"[{self._finished}/{self._count} files] {human(self._done)} of "
-                 f"{human(self._total)}+  {rate(self._fetched, elapsed)}  ETA {duration(eta)}"]
+                 f"{human(self._total)}{more}  {rate(self._fetched, elapsed)}  "
+                 f"ETA {duration(eta) if not more else '--:--'}"]
         now = time.monotonic()
         for label, (size, done, began, first) in list(self._files.items())[:self.MAX_FILE_LINES]:
             spent = now - began
