@@ -388,14 +388,12 @@ def test_hanging_fetch_raises_deadline_exceeded_in_time(archive, open_reader):
 
 def test_fetch_error_reaches_every_waiter_and_is_not_cached(archive, open_reader):
     key = archive.add("f", 64 * KiB)
-    archive.delay = 0.2
+    archive.hang.set()
     archive.fail_next = [RemoteError("archive down", url="f", status=503)]
     reader = open_reader()
-    barrier = threading.Barrier(4)
     errors = []
 
     def worker():
-        barrier.wait()
         try:
             reader.read(key, 0, 10)
         except Exception as exc:   # noqa: BLE001 - the test inspects the type
@@ -404,12 +402,15 @@ def test_fetch_error_reaches_every_waiter_and_is_not_cached(archive, open_reader
     threads = [threading.Thread(target=worker) for _ in range(4)]
     for t in threads:
         t.start()
+    # All four are waiting on the one (hung) request before it fails.
+    assert wait_until(lambda: reader.stats.waits == 3)
+    archive.hang.clear()
+    archive.release.set()
     for t in threads:
         t.join()
     assert len(errors) == 4 and all(type(e) is RemoteError for e in errors)
     assert len(archive.requests) == 1
     assert reader.memory.indices(("f", key.fingerprint.key())) == []
-    archive.delay = 0
     assert reader.read(key, 0, 10) == archive.files["f"][:10]
     assert len(archive.requests) == 2 and reader.stats.errors == 1
 
@@ -470,19 +471,24 @@ def test_close_fails_waiting_readers(archive, open_reader):
     def worker(offset):
         try:
             reader.read(key, offset, 10)
-        except Exception as exc:   # noqa: BLE001
+        except Exception as exc:   # noqa: BLE001 - the test inspects the type
             errors.append(exc)
 
     threads = [threading.Thread(target=worker, args=(o,)) for o in (0, 32 * KiB)]
     for t in threads:
         t.start()
     assert wait_until(lambda: len(archive.requests) == 1)
-    time.sleep(0.05)               # the second read is queued behind the first
-    archive.release.set()
-    reader.close()
+    # The second read's job waits in the per-file queue (limit 1).
+    assert wait_until(lambda: reader.stats.misses == 2)
+    started = time.monotonic()
+    reader.close(timeout=0.1)          # the hung fetch is left behind
+    assert time.monotonic() - started < 2
     for t in threads:
         t.join(5)
     assert not any(t.is_alive() for t in threads)
+    assert len(errors) == 2
+    assert all(type(e) is RemoteError and "closed" in str(e) for e in errors)
+    assert len(archive.requests) == 1  # the queued job never ran
 
 
 # ------------------------------------------------------------- disk faults
