@@ -85,6 +85,7 @@ COMMAND_MODULES = [
     "cache",
     "mount",
     "export",
+    "serve",
 ]
 
 _load_commands()
