@@ -49,6 +49,7 @@ strict.
 
 from __future__ import annotations
 
+import contextlib
 import errno as _errno
 import fcntl
 import logging
@@ -308,6 +309,27 @@ class DiskStore:
         except sqlite3.Error as exc:
             self._writes_failed(exc)
 
+    @contextlib.contextmanager
+    def _batch(self):
+        """One sqlite transaction for many statements (lock held): dropping
+        a large file must not cost one commit per block."""
+        if self._db.in_transaction:
+            yield
+            return
+        try:
+            self._db.execute("BEGIN")
+        except sqlite3.Error as exc:
+            self._writes_failed(exc)
+            yield
+            return
+        try:
+            yield
+        finally:
+            try:
+                self._db.execute("COMMIT")
+            except sqlite3.Error as exc:
+                self._writes_failed(exc)
+
     def _writes_failed(self, exc: BaseException) -> None:
         now = time.monotonic()
         if now >= self._writes_off_until:
@@ -369,8 +391,9 @@ class DiskStore:
         """Delete every block of one fid; pending ones become orphans that
         their writer deletes (they stay counted until then)."""
         indices = list(self._by_fid.get(fid, ()))
-        for idx in indices:
-            self._remove_block((fid, idx))
+        with self._batch():
+            for idx in indices:
+                self._remove_block((fid, idx))
         for key in self._pending:
             if key[0] == fid:
                 self._orphans.add(key)
@@ -674,7 +697,8 @@ class DiskStore:
         rows = [(atime, fid, idx) for (fid, idx), atime in self._touched.items()]
         self._touched.clear()
         try:
-            self._db.executemany("UPDATE blocks SET atime=? WHERE fid=? AND idx=?", rows)
+            with self._batch():
+                self._db.executemany("UPDATE blocks SET atime=? WHERE fid=? AND idx=?", rows)
         except sqlite3.Error as exc:
             log.debug("cannot save block recency: %s", exc)
 

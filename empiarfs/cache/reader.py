@@ -208,6 +208,7 @@ class BlockReader:
                     claimed[idx] = flight
                 else:
                     self.stats.add("waits")
+                    self._promote(state, idx)
                 waiting[idx] = flight
             prefetch = self._plan_readahead(state, offset, end)
         if found:
@@ -301,6 +302,15 @@ class BlockReader:
                 continue
             claimed[idx] = state.flights[idx] = _Flight()
         return claimed
+
+    def _promote(self, state: _FileState, idx: int) -> None:
+        """A reader now waits for a block queued as read-ahead: move its job
+        to the front (reader lock held)."""
+        for job in state.background:
+            if idx in job[1]:
+                state.background.remove(job)
+                state.urgent.append(job)
+                return
 
     def _load(self, state: _FileState, claimed: dict[int, _Flight], urgent: bool) -> None:
         """Serve claimed blocks from disk, fetch the rest (caller thread)."""
