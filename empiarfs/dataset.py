@@ -137,8 +137,8 @@ class EmpiarDataset:
         """
         from . import api
 
-        probe = cls([], settings=settings)
-        fs = fs or probe._open_fs()
+        ds = cls([], settings=settings, transform=transform)
+        fs = fs or ds._open_fs()  # kept by ds, so its connections are reused
         view = api.entry(accession, fs=fs)
         sets = view.model.imagesets
         if isinstance(imageset, int):
@@ -159,8 +159,9 @@ class EmpiarDataset:
             raise InvalidInput(f"{view.accession}: image set {chosen.name!r} "
                                f"({chosen.directory}) holds no MRC/TIFF files"
                                + (f" matching {pattern!r}" if pattern else ""))
-        return cls.from_files([view.path(r) for r in images], per_frame=per_frame,
-                              settings=probe.settings, transform=transform, fs=fs)
+        ds.items = cls.from_files([view.path(r) for r in images], per_frame=per_frame,
+                                  settings=ds.settings, fs=fs).items
+        return ds
 
     @classmethod
     def from_star(cls, star_path: str, *, root: Optional[str] = None,
