@@ -349,6 +349,11 @@ def test_paths_scope(archive_server, faults):
 
 def test_stats(archive_server, faults):
     requests.get(archive_server.data_url + MOVIE, headers={"Range": "bytes=0-9"}, timeout=T)
+    # The handler counts sent bytes after the body has left, so the client
+    # may see the reply a moment before the counter moves.
+    deadline = time.monotonic() + 2
+    while archive_server.stats.get("bytes_sent") < 10 and time.monotonic() < deadline:
+        time.sleep(0.01)
     snap = archive_server.stats.snapshot()
     # (bytes_sent may also count a slow body of an earlier test still draining)
     assert snap["ranges"] == 1 and snap["requests.file"] == 1 and snap["bytes_sent"] >= 10
