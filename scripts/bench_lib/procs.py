@@ -1,0 +1,162 @@
+"""Processes the benchmark runs: the archive server and empiarfs mounts.
+
+Both run as child processes so neither competes with the driver's GIL.
+A mount is a context manager: fresh cache directory, waits until the
+mount point is live, reads ``.empiarfs/stats.json``, records the daemon's
+peak RSS (``VmHWM``) and always unmounts.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+EMPIARFS = os.path.join(os.path.dirname(sys.executable), "empiarfs")
+FUSERMOUNT = shutil.which("fusermount3") or shutil.which("fusermount") or "fusermount3"
+
+
+class BenchError(RuntimeError):
+    """A benchmark step could not run (mount failed, server died...)."""
+
+
+class ServerProcess:
+    """``serve.py`` in a child process with one profile's fault knobs."""
+
+    def __init__(self, root: str, rate: float, latency: float, stall: float, log_path: str):
+        self.log = open(log_path, "ab")
+        cmd = [sys.executable, os.path.join(HERE, "serve.py"), root, "--rate", str(rate),
+               "--latency", str(latency), "--stall", str(stall)]
+        self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                     stderr=self.log, text=True, bufsize=1)
+        self.urls = self._reply()
+
+    def _reply(self) -> dict:
+        line = self.proc.stdout.readline()
+        if not line:
+            raise BenchError(f"the archive server exited (code {self.proc.poll()}); "
+                             f"see {self.log.name}")
+        return json.loads(line)
+
+    def command(self, text: str) -> dict:
+        """Send one command (``stats``, ``reset``, ``faults k=v``) and return the answer."""
+        self.proc.stdin.write(text + "\n")
+        self.proc.stdin.flush()
+        return self._reply()
+
+    def stats(self) -> dict:
+        return self.command("stats")
+
+    def reset(self) -> None:
+        self.command("reset")
+
+    def stop(self) -> None:
+        try:
+            self.proc.stdin.write("quit\n")
+            self.proc.stdin.flush()
+            self.proc.wait(timeout=20)
+        except (OSError, subprocess.TimeoutExpired):
+            self.proc.kill()
+            self.proc.wait(timeout=5)
+        self.log.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.stop()
+
+
+class Mount:
+    """``empiarfs -v mount -f`` on a fresh cache directory."""
+
+    def __init__(self, mountpoint: str, cache_dir: str, urls: dict, *, memory_cache: str,
+                 block_size: str, log_path: str, env: dict | None = None,
+                 cache_size: str = "8G"):
+        self.mountpoint = mountpoint
+        self.cache_dir = cache_dir
+        self.peak_rss = 0
+        shutil.rmtree(cache_dir, ignore_errors=True)
+        os.makedirs(cache_dir)
+        os.makedirs(mountpoint, exist_ok=True)
+        if os.path.ismount(mountpoint):
+            subprocess.run([FUSERMOUNT, "-u", "-z", mountpoint], capture_output=True)
+        self.log = open(log_path, "ab")
+        cmd = [EMPIARFS, "-v", "mount", "-f", mountpoint, "--api-url", urls["api_url"],
+               "--data-url", urls["data_url"], "--ftp-url", urls["ftp_url"],
+               "--cache-dir", cache_dir, "--cache-size", cache_size,
+               "--memory-cache", memory_cache, "--block-size", block_size]
+        self.proc = subprocess.Popen(cmd, stdout=self.log, stderr=subprocess.STDOUT,
+                                     env=dict(os.environ, **(env or {})))
+        deadline = time.monotonic() + 60
+        while not os.path.ismount(mountpoint):
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                self.close()
+                raise BenchError(f"empiarfs mount did not come up; see {log_path}")
+            time.sleep(0.02)
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def path(self, entry: str, rel: str) -> str:
+        return os.path.join(self.mountpoint, entry, *rel.split("/"))
+
+    def stats(self) -> dict:
+        with open(os.path.join(self.mountpoint, ".empiarfs", "stats.json"), encoding="utf-8") as fh:
+            return json.load(fh)
+
+    def close(self) -> None:
+        self.peak_rss = max(self.peak_rss, peak_rss(self.proc.pid))
+        if os.path.ismount(self.mountpoint):
+            if subprocess.run([FUSERMOUNT, "-u", self.mountpoint], capture_output=True).returncode:
+                subprocess.run([FUSERMOUNT, "-u", "-z", self.mountpoint], capture_output=True)
+        try:
+            self.proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait(timeout=5)
+        self.log.close()
+        shutil.rmtree(self.cache_dir, ignore_errors=True)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+def peak_rss(pid: int) -> int:
+    """Peak resident set (``VmHWM``) of a live process in bytes, 0 if gone."""
+    try:
+        with open(f"/proc/{pid}/status", encoding="ascii") as fh:
+            for line in fh:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 0
+
+
+def drop_page_cache(*paths: str) -> str:
+    """Evict file pages from the kernel page cache so the next read measures
+    empiarfs (or the disk), not the kernel. As root all clean pages go
+    (``drop_caches``); otherwise ``posix_fadvise(DONTNEED)`` on ``paths``.
+    Returns the method used."""
+    os.sync()
+    try:
+        with open("/proc/sys/vm/drop_caches", "w") as fh:
+            fh.write("1\n")
+        return "drop_caches"
+    except OSError:
+        for path in paths:
+            fd = os.open(path, os.O_RDONLY)
+            try:
+                os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+            finally:
+                os.close(fd)
+        return "fadvise"
