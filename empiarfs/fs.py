@@ -226,6 +226,7 @@ class EmpiarFS:
                 return
             self._closed = True
         self.reader.close()
+        self.archive.close()
         self.transport.close()
         self.meta.close()
         if self.disk is not None:

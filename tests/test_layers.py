@@ -22,6 +22,11 @@ FORBIDDEN = {
     "fuse_ops": {"mount", "cli", "server", "http", "archive", "cache"},
     "export": {"fs", "fuse_ops", "mount", "cli", "cache", "http", "server", "catalog"},
     "server": {"fs", "fuse_ops", "mount", "cli", "cache", "http", "archive", "catalog"},
+    # The Python API sits beside the FUSE layer, on top of fs.
+    "api": {"fuse_ops", "mount", "cli", "server"},
+    "formats": {"fs", "fuse_ops", "mount", "cli", "server", "cache", "http", "archive", "catalog"},
+    "dataset": {"fuse_ops", "mount", "cli", "server"},
+    "fsspec_impl": {"fuse_ops", "mount", "cli", "server"},
 }
 
 
