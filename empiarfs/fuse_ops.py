@@ -14,6 +14,7 @@ import logging
 import os
 import stat
 import threading
+import time
 
 import mfusepy
 
@@ -25,6 +26,11 @@ log = logging.getLogger(__name__)
 BLKSIZE = 1024 * 1024
 WRITE_FLAGS = os.O_WRONLY | os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_TRUNC
 ENOATTR = getattr(errno, "ENOATTR", errno.ENODATA)
+# When a read of a range fails, reads of that range on the same handle fail
+# at once for this long. The kernel retries a failed read-ahead page
+# synchronously, straight away; without this a read() would wait a second
+# whole deadline before it sees EIO. A new open() is never held.
+FAILURE_HOLD = 1.0
 
 
 def errno_of(exc: BaseException) -> int:
@@ -182,21 +188,31 @@ class EmpiarOperations(mfusepy.Operations):
             if node.dynamic:
                 fi.direct_io = 1
         with self._handle_lock:
-            handle = self._next_handle
+            number = self._next_handle
             self._next_handle += 1
-            self._handles[handle] = node
-        fi.fh = handle
+            self._handles[number] = node if isinstance(node, _Snapshot) else _Handle(node)
+        fi.fh = number
         return 0
 
     @_translate
     def read(self, path, size, offset, fi):
         with self._handle_lock:
-            node = self._handles.get(fi.fh)
-        if node is None:
+            handle = self._handles.get(fi.fh)
+        if handle is None:
             raise mfusepy.FuseOSError(errno.EBADF)
-        if isinstance(node, _Snapshot):
-            return node.data[offset:offset + size]
-        return self.fs.read_node(node, offset, size)
+        if isinstance(handle, _Snapshot):
+            return handle.data[offset:offset + size]
+        failure = handle.failure
+        if failure is not None:
+            until, start, end, code = failure
+            if time.monotonic() < until and offset < end and offset + size > start:
+                raise mfusepy.FuseOSError(code)
+        try:
+            return self.fs.read_node(handle.node, offset, size)
+        except Exception as exc:
+            hold = min(FAILURE_HOLD, self.fs.settings.deadline / 5)
+            handle.failure = (time.monotonic() + hold, offset, offset + size, errno_of(exc))
+            raise
 
     @_translate
     def release(self, path, fi):
@@ -207,6 +223,17 @@ class EmpiarOperations(mfusepy.Operations):
     # Every write operation: the archive is read-only.
     write = create = truncate = unlink = mkdir = rmdir = rename = symlink = link = \
         chmod = chown = utimens = setxattr = removexattr = mknod = fallocate = _read_only
+
+
+class _Handle:
+    """An open remote file and its last failed range (handle lock not
+    needed: a tuple is replaced whole)."""
+
+    __slots__ = ("node", "failure")
+
+    def __init__(self, node):
+        self.node = node
+        self.failure = None
 
 
 class _Snapshot:
