@@ -22,7 +22,7 @@ import archive as A
 import references as R
 import report
 import workloads as W
-from procs import BenchError, Mount, ServerProcess
+from procs import BenchError, Mount, ServerProcess, snapshot_tree
 
 from empiarfs.config import parse_size
 
@@ -64,6 +64,9 @@ def parse_args(argv):
     p.add_argument("--threads", type=int, default=16, help="reader threads for many-file workloads")
     p.add_argument("--only", default="", help="comma-separated workloads: "
                    + ",".join(W.WORKLOADS))
+    p.add_argument("--tree", default="HEAD",
+                   help="git revision of empiarfs the server and daemon run (default HEAD; "
+                        "'working' runs the working tree as it is)")
     p.add_argument("--mount-env", action="append", default=[], metavar="KEY=VALUE",
                    help="extra environment for the daemon, e.g. EMPIARFS_PARALLEL_PER_FILE=32")
     return p.parse_args(argv)
@@ -96,7 +99,7 @@ def run_profile(name: str, args, sizes: dict, root: str) -> dict:
     seq_rel = A.WAN if wan else A.LARGE
     logs = os.path.join(args.workdir, "logs")
     os.makedirs(logs, exist_ok=True)
-    env = dict(kv.split("=", 1) for kv in args.mount_env)
+    env = dict(args.child_env, **dict(kv.split("=", 1) for kv in args.mount_env))
     counts = dict(sizes["counts"])
     if wan:
         counts["random_reads"] = counts["wan_random_reads"]
@@ -107,7 +110,7 @@ def run_profile(name: str, args, sizes: dict, root: str) -> dict:
     refs_runs: dict = {}
     errors = []
     with ServerProcess(root, knobs["rate"], knobs["latency"], knobs["stall"],
-                       os.path.join(logs, f"server-{name}.log")) as server:
+                       os.path.join(logs, f"server-{name}.log"), args.child_env) as server:
         data = server.urls["data_url"]
 
         def url(rel, entry=A.ENTRY):
@@ -171,6 +174,10 @@ def main(argv=None) -> int:
                  "single_bytes": parse_size(args.single_stream_bytes), "counts": FULL}
     os.makedirs(args.workdir, exist_ok=True)
     began = time.monotonic()
+    args.child_env, tree = {}, "working tree"
+    if args.tree != "working":
+        src, tree = snapshot_tree(REPO, args.workdir, args.tree)
+        args.child_env = {"PYTHONPATH": src}
     c = sizes["counts"]
     root = A.ensure_archive(args.workdir, sizes["large"], sizes["wan"], c["many_files"],
                             c["mrc_files"])
@@ -184,7 +191,8 @@ def main(argv=None) -> int:
                "profiles": {}}
     m = results["machine"]
     print(f"machine: {m['cpus']} x {m['cpu']}, {m['memory_gib']} GiB RAM, kernel {m['kernel']}, "
-          f"Python {m['python']}, {m['fuse']}; empiarfs {m['commit']}")
+          f"Python {m['python']}, {m['fuse']}; empiarfs {tree}")
+    results["empiarfs_tree"] = tree
     for name in profiles:
         results["profiles"][name] = run_profile(name, args, sizes, root)
         report.print_profile(name, results["profiles"][name], sys.stdout)

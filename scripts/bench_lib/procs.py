@@ -27,12 +27,14 @@ class BenchError(RuntimeError):
 class ServerProcess:
     """``serve.py`` in a child process with one profile's fault knobs."""
 
-    def __init__(self, root: str, rate: float, latency: float, stall: float, log_path: str):
+    def __init__(self, root: str, rate: float, latency: float, stall: float, log_path: str,
+                 env: dict | None = None):
         self.log = open(log_path, "ab")
         cmd = [sys.executable, os.path.join(HERE, "serve.py"), root, "--rate", str(rate),
                "--latency", str(latency), "--stall", str(stall)]
         self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                     stderr=self.log, text=True, bufsize=1)
+                                     stderr=self.log, text=True, bufsize=1,
+                                     env=dict(os.environ, **(env or {})))
         self.urls = self._reply()
 
     def _reply(self) -> dict:
@@ -128,6 +130,30 @@ class Mount:
 
     def __exit__(self, *exc):
         self.close()
+
+
+def snapshot_tree(repo: str, workdir: str, rev: str = "HEAD") -> tuple[str, str]:
+    """Extract ``empiarfs/`` at ``rev`` into ``workdir`` and return
+    ``(directory, commit)``: put the directory on PYTHONPATH so the server
+    and the daemon run that commit, not files other people are editing.
+
+    Raises
+    ------
+    BenchError
+        If git cannot export the tree.
+    """
+    try:
+        commit = subprocess.run(["git", "-C", repo, "rev-parse", "--short", rev], check=True,
+                                capture_output=True, text=True).stdout.strip()
+        target = os.path.join(workdir, f"src-{commit}")
+        if not os.path.isdir(os.path.join(target, "empiarfs")):
+            os.makedirs(target, exist_ok=True)
+            archive = subprocess.run(["git", "-C", repo, "archive", commit, "empiarfs"],
+                                     check=True, capture_output=True).stdout
+            subprocess.run(["tar", "-x", "-C", target], input=archive, check=True)
+    except (OSError, subprocess.CalledProcessError) as exc:
+        raise BenchError(f"cannot export empiarfs at {rev} from {repo}: {exc}") from exc
+    return target, commit
 
 
 def peak_rss(pid: int) -> int:
