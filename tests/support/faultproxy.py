@@ -406,3 +406,100 @@ def read_in_thread(func, *args, limit: float):
 
 def sha256_bytes(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
+
+
+# --------------------------------------------------------------------------
+# Load: many readers, every byte checked, the daemon's memory and fds sampled
+
+
+def daemon_pid(cache_dir) -> int:
+    """PID of the daemon owning ``cache_dir`` (its disk cache lock file)."""
+    with open(os.path.join(cache_dir, "blocks", "lock")) as fh:
+        return int(fh.read().strip())
+
+
+def proc_sample(pid: int) -> tuple[int, int]:
+    """``(VmRSS in KiB, open file descriptors)`` of a live process."""
+    rss = 0
+    with open(f"/proc/{pid}/status") as fh:
+        for line in fh:
+            if line.startswith("VmRSS:"):
+                rss = int(line.split()[1])
+    return rss, len(os.listdir(f"/proc/{pid}/fd"))
+
+
+@dataclass
+class LoadResult:
+    """Totals of one :func:`run_load`."""
+
+    reads: int = 0
+    whole: int = 0
+    failed_clean: int = 0
+    unclear: int = 0               # failed with an errno other than EIO/ESTALE/ETIMEDOUT
+    wrong_bytes: int = 0
+    bytes_verified: int = 0
+    late_calls: int = 0            # read() calls slower than the bound
+    slowest_call: float = 0.0
+    errnos: Counter = field(default_factory=Counter)
+    peak_rss_kib: int = 0
+    peak_fds: int = 0
+    daemon_alive: bool = True
+
+
+def run_load(mnt, truths: dict, *, readers: int, seconds: float, pid: int, bound: float,
+             seed: int = 0, on_tick=None) -> LoadResult:
+    """``readers`` threads read random whole files of ``truths`` (mount-
+    relative key -> bytes) for ``seconds``, checking every byte; the
+    daemon ``pid`` is sampled every 0.2 s. ``on_tick(elapsed)`` runs on
+    the sampling thread (e.g. to inject error bursts)."""
+    import random
+
+    result = LoadResult()
+    lock = threading.Lock()
+    stop = threading.Event()
+    keys = sorted(truths)
+
+    def reader(n):
+        rng = random.Random(seed * 1000 + n)
+        while not stop.is_set():
+            key = rng.choice(keys)
+            out = check_read(os.path.join(mnt, key), truths[key], chunk=rng.choice((65536, 1 << 20)))
+            with lock:
+                result.reads += 1
+                result.whole += out.ok
+                result.wrong_bytes += out.wrong_bytes
+                result.bytes_verified += out.verified
+                result.slowest_call = max(result.slowest_call, out.slowest_call)
+                result.late_calls += out.slowest_call > bound
+                if not out.ok:
+                    result.errnos[errno.errorcode.get(out.errno, str(out.errno))] += 1
+                    if out.errno in CLEAR_ERRNOS:
+                        result.failed_clean += 1
+                    else:
+                        result.unclear += 1
+
+    def sampler():
+        began = time.monotonic()
+        while not stop.wait(0.2):
+            try:
+                rss, fds = proc_sample(pid)
+            except OSError:
+                result.daemon_alive = False
+                return
+            result.peak_rss_kib = max(result.peak_rss_kib, rss)
+            result.peak_fds = max(result.peak_fds, fds)
+            if on_tick is not None:
+                on_tick(time.monotonic() - began)
+
+    threads = [threading.Thread(target=reader, args=(i,), daemon=True) for i in range(readers)]
+    watcher = threading.Thread(target=sampler, daemon=True)
+    watcher.start()
+    for t in threads:
+        t.start()
+    time.sleep(seconds)
+    stop.set()
+    for t in threads:
+        t.join(3 * bound)
+    watcher.join(5)
+    result.daemon_alive = result.daemon_alive and os.path.exists(f"/proc/{pid}")
+    return result
