@@ -146,7 +146,10 @@ class EmpiarFS:
     def _fetch(self, url: str, start: int, end: int, fingerprint) -> bytes:
         if self.settings.offline:
             raise RemoteError(f"offline: {url} bytes {start}-{end} are not cached", url=url)
-        return self.transport.fetch_range(url, start, end, expect=fingerprint)
+        # A fetch never outlives a read's deadline: abandoned fetches would
+        # otherwise hold pool threads and connections (a 1 byte/s server).
+        return self.transport.fetch_range(url, start, end, expect=fingerprint,
+                                          deadline=time.monotonic() + self.settings.deadline)
 
     # ------------------------------------------------------------- metadata
 

@@ -26,11 +26,15 @@ caller.
 from __future__ import annotations
 
 import email.utils
+import heapq
 import importlib.metadata
+import itertools
 import json
 import logging
+import os
 import random
 import re
+import socket
 import threading
 import time
 from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor
@@ -241,6 +245,79 @@ class _Transient(RemoteError):
 
 class _Cancelled(Exception):
     """A hedged attempt lost the race."""
+
+
+class _Watchdog:
+    """One thread that cuts the socket of a response still streaming when
+    its deadline passes.
+
+    A stall timeout cannot catch a server that sends one byte a second, and
+    a blocked ``recv`` cannot be interrupted from its own thread; shutting
+    the socket down from here wakes it, the read fails as truncated, and the
+    retry loop then reports the deadline. Started lazily (after a daemon
+    forks) and restarted in a forked child.
+    """
+
+    def __init__(self):
+        self._cond = threading.Condition()
+        self._heap: list = []
+        self._cancelled: set = set()
+        self._ids = itertools.count()
+        self._thread = None
+        self._pid = None
+
+    def arm(self, when: float, action) -> int:
+        token = next(self._ids)
+        with self._cond:
+            if self._thread is None or self._pid != os.getpid() or not self._thread.is_alive():
+                self._heap, self._cancelled, self._pid = [], set(), os.getpid()
+                self._thread = threading.Thread(target=self._run, name="empiarfs-watchdog",
+                                                daemon=True)
+                self._thread.start()
+            heapq.heappush(self._heap, (when, token, action))
+            self._cond.notify()
+        return token
+
+    def disarm(self, token: int) -> None:
+        with self._cond:
+            self._cancelled.add(token)
+
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                while True:
+                    while self._heap and self._heap[0][1] in self._cancelled:
+                        self._cancelled.discard(heapq.heappop(self._heap)[1])
+                    if not self._heap:
+                        self._cond.wait()
+                        continue
+                    delay = self._heap[0][0] - time.monotonic()
+                    if delay <= 0:
+                        _, token, action = heapq.heappop(self._heap)
+                        break
+                    self._cond.wait(delay)
+            try:
+                action()
+            except Exception:  # a socket already gone is fine
+                log.debug("watchdog action failed", exc_info=True)
+
+
+_WATCHDOG = _Watchdog()
+
+
+def _cut(resp) -> None:
+    """Shut down the socket under a streaming response (any thread)."""
+    raw = getattr(resp, "raw", None)
+    candidates = [getattr(getattr(raw, "_connection", None), "sock", None)]
+    fp = getattr(getattr(raw, "_fp", None), "fp", None)
+    candidates.append(getattr(getattr(fp, "raw", None), "_sock", None))
+    for sock in candidates:
+        if sock is not None:
+            try:
+                sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+            return
 
 
 @dataclass
@@ -541,6 +618,7 @@ class Transport:
             current, verb, body = url, method, data
             for _ in range(MAX_REDIRECTS + 1):
                 resp = self._send(verb, current, headers, body, deadline)
+                guard = None if deadline is None else _WATCHDOG.arm(deadline, lambda r=resp: _cut(r))
                 try:
                     if ctl is not None:
                         ctl.started.set()
@@ -555,6 +633,8 @@ class Transport:
                     self._check_status(resp, current, url)
                     return consume(resp, current, ctl)
                 finally:
+                    if guard is not None:
+                        _WATCHDOG.disarm(guard)
                     resp.close()
             raise BadResponse(f"too many redirects from {url}", url=url)
         finally:

@@ -383,6 +383,15 @@ class BlockReader:
              readahead: bool, check_disk: bool) -> None:
         """Load one coalesced request on a pool thread."""
         key = state.key
+        with self._lock:
+            # Blocks whose readers gave up at their deadline while this job
+            # waited for a thread are not fetched: under a dripping or
+            # stalled archive they would keep the pool busy long after
+            # anyone wanted them.
+            for idx in [i for i, f in flights.items() if state.flights.get(i) is not f]:
+                flights.pop(idx)
+        if not flights:
+            return
         try:
             if check_disk and self.disk is not None:
                 for idx in list(flights):
@@ -467,6 +476,17 @@ class BlockReader:
             for idx, flight in waiting.items():
                 if not flight.event.is_set() and state.flights.get(idx) is flight:
                     del state.flights[idx]
+            # The file is not being served: stop reading ahead of it.
+            cancelled = DeadlineExceeded(f"read-ahead of {state.key.url} cancelled",
+                                         url=state.key.url)
+            while state.background:
+                _, flights, _, _ = state.background.popleft()
+                for idx, flight in flights.items():
+                    if state.flights.get(idx) is flight:
+                        del state.flights[idx]
+                    flight.error = cancelled
+                    flight.event.set()
+            state.streams.clear()
 
     # ------------------------------------------------------------------- API
     def invalidate(self, url: str) -> None:
