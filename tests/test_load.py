@@ -76,17 +76,13 @@ def test_64_readers_with_faults(archive_server, faults, manifest, sample_root, s
         # Memory: the memory cache plus a bounded working set of threads and buffers.
         assert r.peak_rss_kib < rss_before + (MEMORY_CACHE + 256 * 1024 * 1024) // 1024, r
     assert injected.get("faults.stall") and injected.get("faults.truncate") and injected.get("faults.error")
-    # Descriptors other than the metadata store's (see the xfail below) stay flat.
+    # Descriptors other than the metadata store's stay flat (the store itself is
+    # held to that by test_open_descriptors_do_not_grow_with_work).
     others = fds_after - open_files["cache.db"] - open_files["cache.db-wal"] - open_files["cache.db-shm"]
     assert others <= fds_before + settings.parallel_total + 16, open_files.most_common(8)
     assert counters["disk_cache"]["bytes_used"] <= 32 * 1024 * 1024
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "bug: MetaStore's diskcache.Cache opens one sqlite connection (cache.db, cache.db-wal) per "
-    "thread in thread-local storage; libfuse keeps creating and ending worker threads, whose "
-    "connections are never closed, so the daemon's descriptors grow with the work done "
-    "(19 -> 81 -> 161 over two 10 s rounds of 64 readers)"))
 def test_open_descriptors_do_not_grow_with_work(archive_server, manifest, sample_root, settings_for,
                                                 tmp_path):
     truths = load_truths(sample_root, manifest)
