@@ -155,11 +155,6 @@ def test_cache_directory_removed_under_a_running_mount(settings, sample_root, tm
     assert "Traceback" not in log, log[-3000:]
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "bug: EmpiarFS (and so the DiskStore lock) is built in FUSE init(); CacheLocked raised "
-    "there is swallowed by mfusepy, libfuse prints 'init() and fuse_session_new() requested "
-    "different maximum read size (0 vs 1048576)' and the CLI dies with 'RuntimeError: 8' and a "
-    "traceback; the CacheLocked message naming the owner's PID never reaches the user"))
 def test_second_daemon_on_the_same_cache_refuses_naming_the_pid(settings, tmp_path):
     with mounted(settings, tmp_path / "mnt1") as m:
         os.listdir(m)

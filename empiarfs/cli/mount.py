@@ -53,8 +53,14 @@ def _serve_mount(settings, mountpoint, foreground, debug, before=None, source=No
 
     def child():
         settings_now = before() if before else settings
-        run_fuse(lambda: EmpiarFS(settings_now), mountpoint, settings_now,
-                 foreground_debug=debug)
+        # Built before FUSE starts (this process is already the detached
+        # child): a cache owned by another daemon is refused here with a
+        # clear CacheLocked message. No thread starts until the first read.
+        fs = EmpiarFS(settings_now)
+        try:
+            run_fuse(lambda: fs, mountpoint, settings_now, foreground_debug=debug)
+        finally:
+            fs.close()
 
     if foreground:
         child()
