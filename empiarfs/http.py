@@ -392,7 +392,7 @@ class Transport:
         )
         try:
             return json.loads(body)
-        except ValueError as exc:
+        except (ValueError, RecursionError) as exc:  # hostile nesting too
             raise BadResponse(f"{url} did not return valid JSON: {exc}", url=url) from exc
 
     def get_text(self, url: str, max_bytes: int = MAX_TEXT_BYTES, *, deadline=None) -> str:

@@ -116,14 +116,7 @@ BAD_ENTRIES = {
 }
 
 
-DEEP_BUG = pytest.mark.xfail(strict=True, reason=(
-    "bug: Transport.get_json catches only ValueError; json.loads raises RecursionError on "
-    "5,000 nested arrays, which is not a RemoteError, so Catalog treats it as fatal and the "
-    "whole entry directory (data/ included) answers EIO instead of just losing entry.json"))
-
-
-@pytest.mark.parametrize("label", [pytest.param(k, marks=DEEP_BUG) if k == "deep nesting" else k
-                                   for k in sorted(BAD_ENTRIES)])
+@pytest.mark.parametrize("label", sorted(BAD_ENTRIES))
 def test_entry_json_of_the_wrong_shape(label, proxy, archive_server, sample_root, settings_for,
                                        tmp_path):
     proxy.add(Rule("canned", path=r"/empiar/api/entry/EMPIAR-10002/?$", body=BAD_ENTRIES[label],
