@@ -21,7 +21,7 @@ pytestmark = [requires_fuse, pytest.mark.fuse, pytest.mark.slow]
 
 DEADLINE = 8.0
 # Two deadlines: see READ_BOUND in test_faults_network.py.
-BOUND = 2 * DEADLINE + 3.0
+BOUND = DEADLINE + 3.0  # one deadline per read() (see READ_BOUND in test_faults_network.py)
 MEMORY_CACHE = 64 * 1024 * 1024
 
 
