@@ -96,6 +96,11 @@ def test_pieces_come_from_the_disk_cache(settings, manifest, tmp_path):
         node = fs.stat(f"EMPIAR-10002/{rel}")
         for offset in range(0, node.size, settings.max_request):
             fs.read_node(node, offset, settings.max_request)
+        # Blocks reach the disk store just after their readers are served.
+        deadline = time.monotonic() + 10
+        while sum(e - s for s, e in fs.disk.cached_ranges(node.info.url)) < node.size:
+            assert time.monotonic() < deadline, "the read blocks never reached the disk cache"
+            time.sleep(0.02)
         target = Target("EMPIAR-10002", rel, node.info.url)
         summary = Downloader(fs.transport, tmp_path / "out", piece_size=settings.max_request,
                              cache=DiskCacheSource(fs.disk)).run([target])
