@@ -63,7 +63,7 @@ def render(figures: dict, table: list, *, minutes, files, readers, took) -> str:
         f"| failed with another errno | {r.unclear} |",
         f"| bytes verified | {r.bytes_verified:,} |",
         f"| **wrong bytes** | **{r.wrong_bytes}** |",
-        f"| **read() calls past the bound** ({figures['bound']:g} s = 2 x deadline {figures['deadline']:g} s + 3 s) "
+        f"| **read() calls past the bound** ({figures['bound']:g} s = deadline {figures['deadline']:g} s + 3 s) "
         f"| **{r.late_calls}** (slowest {r.slowest_call:.2f} s) |",
         f"| **daemon crashes** | **{figures['crashes']}** (tracebacks in its log: {figures['tracebacks']}) |",
         f"| peak daemon memory (VmRSS) | {_mib(r.peak_rss_kib)} (at start {_mib(figures['rss_before_kib'])}, "
