@@ -53,7 +53,8 @@ def test_bench_quick_runs_end_to_end(tmp_path):
     seq = wan["workloads"]["sequential"]
     assert seq["bytes"] == 8 << 20 and seq["cold_server_bytes"] >= seq["bytes"]
     assert wan["references"]["curl"]["mbps"] > 0
-    assert wan["workloads"]["stalls"]["reads"] == 12
+    # 12 reads asked for, but the 8 MiB quick file has only 8 distinct MiB.
+    assert wan["workloads"]["stalls"]["reads"] == 8
     assert {r["target"] for r in wan["targets"]} >= {
         "cold sequential / aria2c -x16", "1 MiB read p99 under stalls", "daemon peak RSS"}
     assert not wan["errors"] and not record["profiles"]["loopback"]["errors"]
