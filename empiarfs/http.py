@@ -45,6 +45,8 @@ from typing import Callable, Optional
 from urllib.parse import urljoin, urlsplit
 
 import requests
+import urllib3
+import urllib3.connection
 import urllib3.exceptions
 from requests.adapters import HTTPAdapter
 
@@ -305,19 +307,52 @@ class _Watchdog:
 _WATCHDOG = _Watchdog()
 
 
-def _cut(resp) -> None:
-    """Shut down the socket under a streaming response (any thread)."""
-    raw = getattr(resp, "raw", None)
-    candidates = [getattr(getattr(raw, "_connection", None), "sock", None)]
-    fp = getattr(getattr(raw, "_fp", None), "fp", None)
-    candidates.append(getattr(getattr(fp, "raw", None), "_sock", None))
-    for sock in candidates:
-        if sock is not None:
-            try:
-                sock.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
-            return
+# The connection each thread's request is using, so the watchdog can cut
+# it while headers or body are still arriving (thread ident -> connection).
+_ACTIVE: dict = {}
+
+
+class _TrackedMixin:
+    def request(self, *args, **kwargs):
+        _ACTIVE[threading.get_ident()] = self
+        return super().request(*args, **kwargs)
+
+
+class _TrackedHTTPConnection(_TrackedMixin, urllib3.connection.HTTPConnection):
+    pass
+
+
+class _TrackedHTTPSConnection(_TrackedMixin, urllib3.connection.HTTPSConnection):
+    pass
+
+
+class _TrackedHTTPPool(urllib3.HTTPConnectionPool):
+    ConnectionCls = _TrackedHTTPConnection
+
+
+class _TrackedHTTPSPool(urllib3.HTTPSConnectionPool):
+    ConnectionCls = _TrackedHTTPSConnection
+
+
+class _Adapter(HTTPAdapter):
+    """requests' adapter with connections the watchdog can find."""
+
+    def init_poolmanager(self, *args, **kwargs):
+        super().init_poolmanager(*args, **kwargs)
+        self.poolmanager.pool_classes_by_scheme = {"http": _TrackedHTTPPool,
+                                                   "https": _TrackedHTTPSPool}
+
+
+def _cut_thread(ident: int) -> None:
+    """Shut down the socket of the request running on thread ``ident``
+    (called from the watchdog thread)."""
+    conn = _ACTIVE.get(ident)
+    sock = getattr(conn, "sock", None)
+    if sock is not None:
+        try:
+            sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
 
 
 @dataclass
@@ -357,7 +392,7 @@ class Transport:
         self.session = requests.Session()
         # pool_block: never more than `pool` connections per host; callers
         # wait for a free one (every holder is bounded by its timeouts).
-        adapter = HTTPAdapter(pool_connections=4, pool_maxsize=pool, pool_block=True, max_retries=0)
+        adapter = _Adapter(pool_connections=4, pool_maxsize=pool, pool_block=True, max_retries=0)
         self.session.mount("http://", adapter)
         self.session.mount("https://", adapter)
         self.session.headers["User-Agent"] = USER_AGENT
@@ -614,11 +649,15 @@ class Transport:
 
     def _attempt(self, method, url, headers, data, consume: Callable, deadline, ctl: Optional[_Attempt]):
         """One request (following allowed redirects) and its body."""
+        ident = threading.get_ident()
+        # Armed before sending: a server can drip the headers too, and a
+        # blocked read cannot be interrupted from its own thread.
+        guard = None if deadline is None else _WATCHDOG.arm(
+            deadline, lambda: _cut_thread(ident))
         try:
             current, verb, body = url, method, data
             for _ in range(MAX_REDIRECTS + 1):
                 resp = self._send(verb, current, headers, body, deadline)
-                guard = None if deadline is None else _WATCHDOG.arm(deadline, lambda r=resp: _cut(r))
                 try:
                     if ctl is not None:
                         ctl.started.set()
@@ -633,11 +672,12 @@ class Transport:
                     self._check_status(resp, current, url)
                     return consume(resp, current, ctl)
                 finally:
-                    if guard is not None:
-                        _WATCHDOG.disarm(guard)
                     resp.close()
             raise BadResponse(f"too many redirects from {url}", url=url)
         finally:
+            if guard is not None:
+                _WATCHDOG.disarm(guard)
+            _ACTIVE.pop(ident, None)
             if ctl is not None:
                 ctl.started.set()
 

@@ -177,11 +177,6 @@ def test_failed_read_call_returns_within_one_deadline(archive_server, faults, sa
         assert out.slowest_call <= DEADLINE + MARGIN, f"read() took {out.slowest_call:.1f} s"
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "known bug: after a few dripping (4 B/s) reads, a new request on a healthy server gets no "
-    "headers before its deadline; fetches now carry the read deadline and a watchdog cuts "
-    "dripping bodies, so the remaining suspect is the connection pool (pool_block) not "
-    "getting cut connections back in time"))
 def test_dripping_fetches_do_not_clog_the_mount(archive_server, sample_root, settings_for,
                                                 tmp_path):
     # 4 bytes per second: always faster than the 1 s stall timeout.
