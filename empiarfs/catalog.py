@@ -30,6 +30,8 @@ import time
 from dataclasses import dataclass, replace
 from typing import Callable, Optional
 
+import cachetools
+
 from .archive import accession as accessions
 from .errors import EmpiarfsError, InvalidInput, NotFound, RemoteError
 from .metastore import MetaStore
@@ -91,6 +93,11 @@ class Catalog:
         self._negative: dict[str, float] = {}
         self._virtual_cache: dict[tuple, bytes] = {}
         self._virtual_lock = threading.Lock()
+        # Hot-path memos: every getattr asks whether its entry exists, and
+        # image-set xattrs need the parsed entry.
+        self._known: set[str] = set()
+        self._accession_set: tuple = (None, frozenset())
+        self._parsed = cachetools.LRUCache(maxsize=256)
 
     # ----------------------------------------------------------------- public
 
@@ -182,7 +189,14 @@ class Catalog:
         raw = self._entry_record(acc)
         if raw is None:
             raise NotFound(f"{acc} not found in the archive", accession=acc)
-        return parse_entry(acc, raw)
+        with self._virtual_lock:
+            memo = self._parsed.get(acc)
+        if memo is not None and memo[0] is raw:
+            return memo[1]
+        entry = parse_entry(acc, raw)
+        with self._virtual_lock:
+            self._parsed[acc] = (raw, entry)
+        return entry
 
     def resolve(self, node: Node) -> Node:
         """The same node with an exact size (directory sizes are resolved in one batch)."""
@@ -210,14 +224,23 @@ class Catalog:
         return self._cached("accessions", self.archive.accessions)
 
     def _entry_exists(self, acc: str) -> bool:
-        hit = self.store.get("accessions")
-        if hit is not None and acc in set(hit[1]):
+        if acc in self._known:
             return True
+        hit = self.store.get("accessions")
+        if hit is not None:
+            stamp, known = self._accession_set
+            if stamp != hit[0]:
+                known = frozenset(hit[1])
+                self._accession_set = (hit[0], known)
+            if acc in known:
+                self._known.add(acc)
+                return True
         until = self._negative.get(acc)
         if until is not None and until > time.monotonic():
             return False
         try:
             self._remote_dir(acc, "")
+            self._known.add(acc)
             return True
         except NotFound:
             self._negative[acc] = time.monotonic() + NEGATIVE_TTL

@@ -153,8 +153,23 @@ class EmpiarFS:
 
     # ------------------------------------------------------------- metadata
 
+    def xattr(self, node: Node, name: str) -> bytes | None:
+        """One extended attribute, computing only what it needs."""
+        if name == "user.empiarfs.cache":
+            return self._cache_state(node).encode() if node.kind == "file" else None
+        if name.startswith("user.empiar.") and name != "user.empiar.accession":
+            return self._imageset_xattrs(node).get(name)
+        return self._basic_xattrs(node).get(name)
+
     def xattrs(self, node: Node) -> dict[str, bytes]:
-        """Extended attributes shown on files and directories."""
+        """Every extended attribute of a file or directory."""
+        attrs = self._basic_xattrs(node)
+        if node.kind == "file":
+            attrs["user.empiarfs.cache"] = self._cache_state(node).encode()
+        attrs.update(self._imageset_xattrs(node))
+        return attrs
+
+    def _basic_xattrs(self, node: Node) -> dict[str, bytes]:
         attrs: dict[str, str] = {}
         if node.accession:
             attrs["user.empiar.accession"] = node.accession
@@ -162,22 +177,20 @@ class EmpiarFS:
             attrs["user.empiarfs.url"] = node.info.url
             attrs["user.empiarfs.ftp_url"] = self.archive.file_url(
                 node.accession, node.info.path, scheme="ftp")
-            if node.kind == "file":
-                attrs["user.empiarfs.cache"] = self._cache_state(node)
-            imageset = self._imageset_of(node)
-            if imageset is not None:
-                attrs["user.empiar.imageset"] = imageset.name
-                for key, value in (("category", imageset.category),
-                                   ("data_format", imageset.data_format),
-                                   ("header_format", imageset.header_format),
-                                   ("voxel_type", imageset.voxel_type),
-                                   ("pixel_width", imageset.pixel_width),
-                                   ("pixel_height", imageset.pixel_height),
-                                   ("frames_per_image", imageset.frames_per_image)):
-                    if value is not None and value != "":
-                        attrs[f"user.empiar.{key}"] = str(value)
         if node.kind == "link":
             attrs["user.empiarfs.target"] = node.target
+        return {k: v.encode() for k, v in attrs.items()}
+
+    def _imageset_xattrs(self, node: Node) -> dict[str, bytes]:
+        imageset = self._imageset_of(node)
+        if imageset is None:
+            return {}
+        attrs = {"user.empiar.imageset": imageset.name}
+        for key in ("category", "data_format", "header_format", "voxel_type",
+                    "pixel_width", "pixel_height", "frames_per_image"):
+            value = getattr(imageset, key)
+            if value is not None and value != "":
+                attrs[f"user.empiar.{key}"] = str(value)
         return {k: v.encode() for k, v in attrs.items()}
 
     def _imageset_of(self, node: Node):

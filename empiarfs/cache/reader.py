@@ -115,6 +115,7 @@ class _FileState:
         self.active = 0
         self.urgent: deque = deque()
         self.background: deque = deque()
+        self.readahead_request = 0   # set by the read-ahead planner
 
     def idle(self) -> bool:
         return not (self.flights or self.active or self.urgent or self.background)
@@ -291,9 +292,14 @@ class BlockReader:
             return {}
         start = max(match.ahead, end)
         span = end + match.window - start
-        # Whole max_request units, so refills do not leave small requests.
-        if span >= self.settings.max_request:
-            span -= span % self.settings.max_request
+        # Spread the window over parallel_per_file requests: on a slow link
+        # throughput is connections x per-connection rate, and a stalled
+        # request then costs a small piece, not max_request. Whole units, so
+        # refills do not leave small requests.
+        unit = self._request_size(match.window)
+        state.readahead_request = unit
+        if span >= unit:
+            span -= span % unit
         stop = min(start + span, file_size)
         match.ahead = stop
         claimed: dict[int, _Flight] = {}
@@ -336,9 +342,16 @@ class BlockReader:
                 self._fail(state, idx, flight, exc)
             raise
 
+    def _request_size(self, window: int) -> int:
+        """Read-ahead request size for a window: window / parallel_per_file,
+        in whole blocks, between one block and ``max_request``."""
+        share = window // max(1, self.settings.parallel_per_file)
+        share -= share % self._bs
+        return max(self._bs, min(self.settings.max_request, share))
+
     def _submit_background(self, state: _FileState, claimed: dict[int, _Flight]) -> None:
         """Queue read-ahead: disk lookups and fetches happen on the pool."""
-        requests = coalesce(claimed, self._bs, self.settings.max_request,
+        requests = coalesce(claimed, self._bs, state.readahead_request,
                             state.key.fingerprint.size)
         for request in requests:
             flights = {i: claimed[i] for i in request.blocks}
