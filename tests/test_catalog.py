@@ -126,3 +126,15 @@ def test_offline_serves_only_cache(catalog, tmp_path):
     assert {n.name for n in offline.listdir("EMPIAR-1/data")} == {"movies", "a b,c.mrc"}
     with pytest.raises(RemoteError):
         offline.listdir("EMPIAR-1/data/movies")
+
+
+def test_entry_missing_from_the_root_listing_still_resolves(catalog):
+    catalog.fake.accessions = lambda: []        # a fresh entry the top listing lacks
+    assert [n.name for n in catalog.listdir("/")] == [".empiarfs"]
+    node = catalog.lookup("EMPIAR-1")
+    assert node is not None and node.is_dir
+    assert catalog.lookup("EMPIAR-1/data/a b,c.mrc").size == 2000
+
+
+def test_parsed_entry_is_reused(catalog):
+    assert catalog.entry("EMPIAR-1") is catalog.entry("empiar-1")
