@@ -161,6 +161,13 @@ class EmpiarFS:
             return self._imageset_xattrs(node).get(name)
         return self._basic_xattrs(node).get(name)
 
+    def xattr_names(self, node: Node) -> list[str]:
+        """The names of a node's extended attributes, without their values."""
+        names = list(self._basic_xattrs(node))
+        if node.kind == "file":
+            names.append("user.empiarfs.cache")
+        return names + list(self._imageset_xattrs(node))
+
     def xattrs(self, node: Node) -> dict[str, bytes]:
         """Every extended attribute of a file or directory."""
         attrs = self._basic_xattrs(node)

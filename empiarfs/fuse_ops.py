@@ -177,7 +177,8 @@ class EmpiarOperations(mfusepy.Operations):
 
     @_translate
     def listxattr(self, path):
-        return list(self.fs.xattrs(self.fs.stat(path)))
+        # Names only: `ls -l` lists every file's attributes to find ACLs.
+        return self.fs.xattr_names(self.fs.stat(path))
 
     # ------------------------------------------------------------------ data
 

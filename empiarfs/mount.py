@@ -48,7 +48,11 @@ def run_fuse(fs_factory, mountpoint: str, settings, *, foreground_debug: bool = 
     operations = EmpiarOperations(fs_factory, max_read=max_read,
                                   max_readahead=min(settings.max_request, 8 * 1024 * 1024),
                                   attr_timeout=min(settings.metadata_ttl, 3600.0))
+    # libfuse 3 serves at most 10 requests at once by default; every read
+    # waiting on the network holds a worker, so allow as many as the fetch
+    # pool can use.
     options = dict(foreground=True, nothreads=False, ro=True, fsname="empiarfs",
+                   max_threads=max(16, settings.parallel_total),
                    subtype="empiarfs", default_permissions=True, max_read=max_read,
                    debug=foreground_debug)
     if settings.allow_other:

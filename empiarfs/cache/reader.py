@@ -41,6 +41,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import logging
+import queue
 import threading
 import time
 from collections import deque
@@ -65,6 +66,8 @@ INITIAL_WINDOW = 1 * MiB
 STREAMS_PER_FILE = 8
 # Idle per-file states kept before pruning.
 MAX_IDLE_STATES = 4096
+# Bytes of fetched blocks waiting for the disk writer, at most.
+DISK_QUEUE_BYTES = 64 * MiB
 
 
 @dataclass(frozen=True)
@@ -164,6 +167,9 @@ class BlockReader:
         self._url_fids: dict[str, set] = {}
         self._futures: set = set()
         self._closed = False
+        self._disk_jobs: queue.SimpleQueue = queue.SimpleQueue()
+        self._disk_queued = 0
+        self._disk_thread: Optional[threading.Thread] = None
         # Threads are created lazily on the first submit, i.e. after a
         # daemon has forked.
         self._pool = concurrent.futures.ThreadPoolExecutor(
@@ -453,11 +459,42 @@ class BlockReader:
             return None
 
     def _store_on_disk(self, state: _FileState, blocks: list) -> None:
+        """Hand fetched blocks to the disk writer. Writing on the fetch
+        thread capped cold reads at the disk's speed; when the writer falls
+        more than DISK_QUEUE_BYTES behind, blocks skip the disk cache
+        (they are still in memory) instead of slowing reads down."""
         if self.disk is None:
             return
+        size = sum(len(block) for _, block in blocks)
         with self._lock:
             if self._files.get(state.fid) is not state:
                 return  # invalidated while fetching
+            if self._closed or self._disk_queued + size > DISK_QUEUE_BYTES:
+                self.stats.add("disk_skipped", len(blocks))
+                return
+            self._disk_queued += size
+            if self._disk_thread is None:
+                self._disk_thread = threading.Thread(target=self._disk_writer,
+                                                     name="empiarfs-disk", daemon=True)
+                self._disk_thread.start()
+        self._disk_jobs.put((state, blocks, size))
+
+    def _disk_writer(self) -> None:
+        while True:
+            job = self._disk_jobs.get()
+            if job is None:
+                return
+            state, blocks, size = job
+            try:
+                self._write_blocks(state, blocks)
+            finally:
+                with self._lock:
+                    self._disk_queued -= size
+
+    def _write_blocks(self, state: _FileState, blocks: list) -> None:
+        with self._lock:
+            if self._files.get(state.fid) is not state:
+                return  # invalidated while queued
         for idx, block in blocks:
             try:
                 self.disk.put(state.key.url, state.key.fingerprint, idx, block)
@@ -547,6 +584,10 @@ class BlockReader:
         _done, not_done = concurrent.futures.wait(futures, timeout=timeout)
         if not_done:
             log.warning("%d fetches still running after close()", len(not_done))
+        # Finish the queued disk writes: a remount should find them.
+        if self._disk_thread is not None:
+            self._disk_jobs.put(None)
+            self._disk_thread.join(timeout)
         # Flights of cancelled jobs never complete otherwise.
         for state in states:
             with self._lock:

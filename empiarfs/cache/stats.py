@@ -14,6 +14,7 @@ COUNTERS = (
     "waits",           # blocks a read waited for because another fetch had them
     "errors",          # fetch() calls that failed
     "deadlines",       # reads that gave up at the deadline
+    "disk_skipped",    # blocks not written to disk: the writer was too far behind
 )
 
 
