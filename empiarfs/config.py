@@ -77,9 +77,11 @@ class Settings:
     cache_dir: str = dataclasses.field(default_factory=_default_cache_dir)
     cache_size: int = 50 * GiB
     memory_cache: int = 1 * GiB
-    # Cache granule. Small enough that random 64 KiB reads waste little;
-    # sequential reads fetch many blocks per request (see max_request).
-    block_size: int = 256 * KiB
+    # Cache granule. Small enough that random 64 KiB reads waste little
+    # (benchmark: 2.5x fetched/read at 128K against 3.7-4.5x at 256K) and a
+    # header read moves little over a 1.5 MB/s link; sequential reads fetch
+    # many blocks per request (see max_request).
+    block_size: int = 128 * KiB
     # Largest single range request for sequential read-ahead.
     max_request: int = 8 * MiB
     # Longest read-ahead window per open file.

@@ -19,7 +19,7 @@ CACHE_OPTIONS = [
     click.option("--memory-cache", default=None, metavar="SIZE",
                  help="Memory cache bound, e.g. 1G (default 1G). Env: EMPIARFS_MEMORY_CACHE."),
     click.option("--block-size", default=None, metavar="SIZE",
-                 help="Cache block size, a power of two (default 256K)."),
+                 help="Cache block size, a power of two (default 128K)."),
     click.option("--deadline", default=None, type=float, metavar="SECONDS",
                  help="A read not served within this time fails with EIO (default 30)."),
     click.option("--metadata-ttl", default=None, type=float, metavar="SECONDS",

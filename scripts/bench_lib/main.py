@@ -60,7 +60,7 @@ def parse_args(argv):
                    help="archive cache, mount point and scratch (default /tmp/empiarfs-bench)")
     p.add_argument("--results", default=os.path.join(REPO, "bench-results"))
     p.add_argument("--memory-cache", default="1G", help="the daemon's --memory-cache")
-    p.add_argument("--block-size", default="256K", help="the daemon's --block-size")
+    p.add_argument("--block-size", default="128K", help="the daemon's --block-size (the default setting)")
     p.add_argument("--threads", type=int, default=16, help="reader threads for many-file workloads")
     p.add_argument("--only", default="", help="comma-separated workloads: "
                    + ",".join(W.WORKLOADS))
