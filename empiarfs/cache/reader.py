@@ -294,15 +294,17 @@ class BlockReader:
             return {}
         match.window = min(max(2 * match.window, INITIAL_WINDOW), self._max_window)
         file_size = state.key.fingerprint.size
-        if match.ahead - end >= match.window // 2 or match.ahead >= file_size:
+        # Spread the window over parallel_per_file requests: on a slow link
+        # throughput is connections x per-connection rate, and a stalled
+        # request then costs a small piece, not max_request. Top the window
+        # up as soon as one request's worth is free, so all connections stay
+        # busy (refilling at half-window left a quarter of them idle).
+        unit = self._request_size(match.window)
+        if match.ahead - end > match.window - unit or match.ahead >= file_size:
             return {}
         start = max(match.ahead, end)
         span = end + match.window - start
-        # Spread the window over parallel_per_file requests: on a slow link
-        # throughput is connections x per-connection rate, and a stalled
-        # request then costs a small piece, not max_request. Whole units, so
-        # refills do not leave small requests.
-        unit = self._request_size(match.window)
+        # Whole units, so refills do not leave small requests.
         state.readahead_request = unit
         if span >= unit:
             span -= span % unit
@@ -349,9 +351,12 @@ class BlockReader:
             raise
 
     def _request_size(self, window: int) -> int:
-        """Read-ahead request size for a window: window / parallel_per_file,
-        in whole blocks, between one block and ``max_request``."""
-        share = window // max(1, self.settings.parallel_per_file)
+        """Read-ahead request size for a window: window / (2 x
+        parallel_per_file), in whole blocks, between one block and
+        ``max_request``. Two requests per connection in the window keep the
+        connections busy, and smaller pieces shorten the tail at the end of
+        a file, where fewer connections are left working."""
+        share = window // (2 * max(1, self.settings.parallel_per_file))
         share -= share % self._bs
         return max(self._bs, min(self.settings.max_request, share))
 
