@@ -696,29 +696,27 @@ class DiskStore:
             self._orphans.update(self._pending)
 
     def _flush_rows(self) -> None:
-        """Save the rows of newly written blocks (lock held)."""
-        if not self._new_rows:
-            return
+        """Save the rows of newly written blocks (lock held). If that fails
+        the blocks stay usable in this process, and a later run's recovery
+        deletes their files because they have no rows."""
         rows, self._new_rows = self._new_rows, []
         self._rows_saved_at = time.monotonic()
-        try:
-            with self._batch():
-                self._db.executemany("INSERT OR REPLACE INTO blocks VALUES (?, ?, ?, ?, ?)", rows)
-        except sqlite3.Error as exc:
-            # The blocks stay usable in this process; a later run's recovery
-            # deletes their files because they have no rows.
-            log.debug("cannot save block rows: %s", exc)
+        self._save_batch("INSERT OR REPLACE INTO blocks VALUES (?, ?, ?, ?, ?)", rows, "block rows")
 
     def _flush_touches(self) -> None:
-        if not self._touched:
-            return
         rows = [(atime, fid, idx) for (fid, idx), atime in self._touched.items()]
         self._touched.clear()
+        self._save_batch("UPDATE blocks SET atime=? WHERE fid=? AND idx=?", rows, "block recency")
+
+    def _save_batch(self, statement: str, rows: list, what: str) -> None:
+        """Run ``statement`` for every row in one transaction (lock held)."""
+        if not rows:
+            return
         try:
             with self._batch():
-                self._db.executemany("UPDATE blocks SET atime=? WHERE fid=? AND idx=?", rows)
+                self._db.executemany(statement, rows)
         except sqlite3.Error as exc:
-            log.debug("cannot save block recency: %s", exc)
+            log.debug("cannot save %s: %s", what, exc)
 
     def _check_open(self) -> None:
         if self._closed:
