@@ -243,6 +243,8 @@ class Catalog:
             self._known.add(acc)
             return True
         except NotFound:
+            if len(self._negative) > 10000:
+                self._negative.clear()
             self._negative[acc] = time.monotonic() + NEGATIVE_TTL
             return False
 

@@ -60,6 +60,8 @@ def _translate(method):
             if code not in (errno.ENOENT, ENOATTR, errno.EROFS, errno.ENOTDIR, errno.EISDIR):
                 key = (method.__name__, type(exc).__name__, str(exc)[:200])
                 level = logging.DEBUG if key in _logged else logging.WARNING
+                if len(_logged) > 4096:  # messages name URLs and offsets
+                    _logged.clear()
                 _logged.add(key)
                 log.log(level, "%s%r failed: %s (%s)", method.__name__, args[:1], exc,
                         errno.errorcode.get(code, code))
