@@ -83,6 +83,7 @@ class EmpiarOperations(mfusepy.Operations):
                  max_read: int = 1024 * 1024, attr_timeout: float = 60.0):
         self._fs_factory = fs_factory
         self.fs = None
+        self.started = False  # set once the kernel has initialised the session
         self._max_readahead = max_readahead
         self._max_read = max_read
         self._attr_timeout = attr_timeout
@@ -97,6 +98,7 @@ class EmpiarOperations(mfusepy.Operations):
     def init_with_config(self, conn, config):
         if self.fs is None:
             self.fs = self._fs_factory()
+        self.started = True
         if conn is not None:
             # Must agree with the max_read mount option or libfuse refuses.
             conn.max_read = self._max_read

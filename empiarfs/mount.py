@@ -57,7 +57,17 @@ def run_fuse(fs_factory, mountpoint: str, settings, *, foreground_debug: bool = 
                    debug=foreground_debug)
     if settings.allow_other:
         options["allow_other"] = True
-    mfusepy.FUSE(operations, mountpoint, raw_fi=True, **options)
+    try:
+        mfusepy.FUSE(operations, mountpoint, raw_fi=True, **options)
+    except RuntimeError as exc:
+        if not operations.started:
+            raise MountError(f"libfuse could not mount {mountpoint} (status {exc}); is it "
+                             "busy or already mounted, and is /dev/fuse usable?") from None
+        # libfuse returns non-zero when the session ends abnormally, e.g. a
+        # lazy unmount or an aborted connection: the mount is gone either
+        # way, which is what was asked for.
+        log.warning("FUSE session on %s ended with status %s (aborted or lazily unmounted)",
+                    mountpoint, exc)
 
 
 def daemonize_and_mount(child_main, mountpoint: str, log_file: str, timeout: float = 60.0) -> int:
