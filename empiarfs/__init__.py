@@ -35,8 +35,16 @@ def __getattr__(name):
         from .dataset import EmpiarDataset
 
         return EmpiarDataset
+    if name in _EXPORT_NAMES:
+        from .export import deposition
+
+        return getattr(deposition, name)
     raise AttributeError(f"module 'empiarfs' has no attribute {name!r}")
 
 
+# Metadata export (issue 8): lambda-ber Dataset -> EMPIAR deposition JSON.
+_EXPORT_NAMES = frozenset({"deposition_from_lambda_ber", "IncompleteDeposition"})
+
+
 def __dir__():
-    return sorted(set(globals()) | _API_NAMES | {"EmpiarDataset"})
+    return sorted(set(globals()) | _API_NAMES | _EXPORT_NAMES | {"EmpiarDataset"})

@@ -207,10 +207,21 @@ def test_corrupt_mrc_header_in_the_archive(sample_root, tmp_path, settings_for):
             fs.close()
 
 
-def test_to_lambda_ber_delegates_to_the_exporter(efs):
-    pytest.importorskip("empiarfs.export.lambda_ber", reason="lambda-ber exporter not in this tree")
-    record = empiarfs.entry("EMPIAR-10002", fs=efs).to_lambda_ber()
-    assert record
+def test_to_lambda_ber_and_back_to_deposition_json(efs):
+    entry = empiarfs.entry("EMPIAR-10002", fs=efs)
+    record = entry.to_lambda_ber()
+    assert record["title"] == entry.title
+    people = {"corresponding_author": {"first_name": "Ann", "last_name": "Wong",
+                                       "organization": "Lab", "email": "a@example.org",
+                                       "country": "GB"}}
+    people["principal_investigator"] = [people["corresponding_author"]]
+    deposition = empiarfs.deposition_from_lambda_ber(record, overrides=people)
+    assert deposition["title"] == entry.title
+    assert [s["name"] for s in deposition["imagesets"]] == [s.name for s in entry.imagesets]
+    assert deposition["imagesets"][0]["category"] == "('T2', '')"   # micrographs - multiframe
+    with pytest.raises(empiarfs.IncompleteDeposition) as info:
+        empiarfs.deposition_from_lambda_ber(record)
+    assert "corresponding_author" in str(info.value)
 
 
 def test_import_empiarfs_stays_light():
