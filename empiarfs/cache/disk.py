@@ -431,13 +431,7 @@ class DiskStore:
             pass
         log.warning("cache directory %s vanished or was replaced; starting an empty cache",
                     self.directory)
-        try:
-            self._db.close()
-        except sqlite3.Error:  # pragma: no cover
-            pass
-        if self._lock_fd is not None:
-            os.close(self._lock_fd)
-            self._lock_fd = None
+        self._release()
         pending, orphans = self._pending, self._orphans
         self._open()
         # Writers in progress still own their reservations.
@@ -730,13 +724,17 @@ class DiskStore:
             self._closed = True
             self._flush_rows()
             self._flush_touches()
-            try:
-                self._db.close()
-            except sqlite3.Error:  # pragma: no cover
-                pass
-            if self._lock_fd is not None:
-                os.close(self._lock_fd)
-                self._lock_fd = None
+            self._release()
+
+    def _release(self) -> None:
+        """Close the index and give up the directory lock (lock held)."""
+        try:
+            self._db.close()
+        except sqlite3.Error:  # pragma: no cover
+            pass
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)
+            self._lock_fd = None
 
     def __enter__(self) -> "DiskStore":
         return self
