@@ -2,24 +2,15 @@
 
 from __future__ import annotations
 
-import dataclasses
 import json
 
 import pytest
 from click.testing import CliRunner
 
 from empiarfs.cli import main
+from support.archive import env_for
 
 
-def env_for(settings) -> dict:
-    """EMPIARFS_* variables reproducing ``settings`` (and no config file)."""
-    env = {"EMPIARFS_CONFIG": "/nonexistent/empiarfs.ini"}
-    for f in dataclasses.fields(settings):
-        value = getattr(settings, f.name)
-        if isinstance(value, tuple):
-            value = ",".join(value)
-        env["EMPIARFS_" + f.name.upper()] = str(value)
-    return env
 
 
 @pytest.fixture

@@ -3,7 +3,6 @@ and `get` reusing prefetched blocks."""
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import json
 
@@ -11,14 +10,9 @@ import pytest
 from click.testing import CliRunner
 
 from empiarfs.cli import main
+from support.archive import env_for
 
 
-def env_for(settings) -> dict:
-    env = {"EMPIARFS_CONFIG": "/nonexistent/empiarfs.ini"}
-    for f in dataclasses.fields(settings):
-        value = getattr(settings, f.name)
-        env["EMPIARFS_" + f.name.upper()] = ",".join(value) if isinstance(value, tuple) else str(value)
-    return env
 
 
 @pytest.fixture

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import json
 import os
@@ -13,16 +12,11 @@ import pytest
 from click.testing import CliRunner
 
 from empiarfs.cli import main
+from support.archive import env_for
 
 SCRIPT = os.path.join(os.path.dirname(sys.executable), "empiarfs")
 
 
-def env_for(settings) -> dict:
-    env = {"EMPIARFS_CONFIG": "/nonexistent/empiarfs.ini"}
-    for f in dataclasses.fields(settings):
-        value = getattr(settings, f.name)
-        env["EMPIARFS_" + f.name.upper()] = ",".join(value) if isinstance(value, tuple) else str(value)
-    return env
 
 
 @pytest.fixture

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 
 from empiarfs.config import Settings
@@ -21,3 +22,13 @@ def settings_for(server, tmp_path, **overrides) -> Settings:
     )
     values.update(overrides)
     return Settings().replace(**values)
+
+
+def env_for(settings) -> dict:
+    """EMPIARFS_* variables reproducing ``settings`` (and no config file),
+    for running the CLI as a user would."""
+    env = {"EMPIARFS_CONFIG": "/nonexistent/empiarfs.ini"}
+    for f in dataclasses.fields(settings):
+        value = getattr(settings, f.name)
+        env["EMPIARFS_" + f.name.upper()] = ",".join(value) if isinstance(value, tuple) else str(value)
+    return env
