@@ -11,8 +11,6 @@ from empiarfs.cli import main
 from support.archive import env_for
 
 
-
-
 @pytest.fixture
 def run(archive_server, tmp_path, settings_for):
     env = env_for(settings_for(archive_server, tmp_path))

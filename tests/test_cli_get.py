@@ -17,8 +17,6 @@ from support.archive import env_for
 SCRIPT = os.path.join(os.path.dirname(sys.executable), "empiarfs")
 
 
-
-
 @pytest.fixture
 def env(archive_server, tmp_path, settings_for):
     return env_for(settings_for(archive_server, tmp_path, block_size=64 * 1024,
