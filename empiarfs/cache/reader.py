@@ -170,6 +170,9 @@ class BlockReader:
         self._disk_jobs: queue.SimpleQueue = queue.SimpleQueue()
         self._disk_queued = 0
         self._disk_thread: Optional[threading.Thread] = None
+        # Set by close() once the writer is told to stop; fetches finishing
+        # during close() still queue their blocks until then.
+        self._disk_stopped = False
         # Threads are created lazily on the first submit, i.e. after a
         # daemon has forked.
         self._pool = concurrent.futures.ThreadPoolExecutor(
@@ -431,10 +434,12 @@ class BlockReader:
                 fetched = []
                 for idx in sub.blocks:
                     lo = (idx - sub.first) * self._bs
-                    block = data[lo:lo + self._bs]
-                    fetched.append((idx, block))
-                    self._complete(state, idx, flights.pop(idx), block)
+                    fetched.append((idx, data[lo:lo + self._bs]))
+                # Queue the disk write before waking readers: a reader that
+                # returns and closes the cache must find its blocks saved.
                 self._store_on_disk(state, fetched)
+                for idx, block in fetched:
+                    self._complete(state, idx, flights.pop(idx), block)
         except Exception as exc:
             self.stats.add("errors")
             if isinstance(exc, StaleFile):
@@ -474,7 +479,7 @@ class BlockReader:
         with self._lock:
             if self._files.get(state.fid) is not state:
                 return  # invalidated while fetching
-            if self._closed or self._disk_queued + size > DISK_QUEUE_BYTES:
+            if self._disk_stopped or self._disk_queued + size > DISK_QUEUE_BYTES:
                 self.stats.add("disk_skipped", len(blocks))
                 return
             self._disk_queued += size
@@ -590,9 +595,12 @@ class BlockReader:
         if not_done:
             log.warning("%d fetches still running after close()", len(not_done))
         # Finish the queued disk writes: a remount should find them.
-        if self._disk_thread is not None:
+        with self._lock:
+            self._disk_stopped = True
+            writer = self._disk_thread
+        if writer is not None:
             self._disk_jobs.put(None)
-            self._disk_thread.join(timeout)
+            writer.join(timeout)
         # Flights of cancelled jobs never complete otherwise.
         for state in states:
             with self._lock:
