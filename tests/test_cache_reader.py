@@ -380,7 +380,7 @@ def test_hanging_fetch_raises_deadline_exceeded_in_time(archive, open_reader):
     with pytest.raises(DeadlineExceeded) as info:
         reader.read(key, 0, 100)
     elapsed = time.monotonic() - started
-    assert 0.45 <= elapsed < 1.0
+    assert 0.45 <= elapsed < 2.0   # deadline 0.5 s; slack for a loaded CI machine
     assert info.value.errno == errno.EIO
     # Once the archive answers again, a new read starts a fresh fetch.
     archive.hang.clear()

@@ -207,7 +207,7 @@ def test_deadline_stops_retrying(server):
         began = time.monotonic()
         with pytest.raises(DeadlineExceeded):
             transport.fetch_range(url(server), 0, 10, deadline=time.monotonic() + 0.6)
-        assert time.monotonic() - began < 1.5
+        assert time.monotonic() - began < 2.5   # deadline 0.6 s, not 10 retries of a 5 s stall
 
 
 # -- checked range replies ---------------------------------------------------------
@@ -274,7 +274,7 @@ def test_hedging_under_stall(server):
     with make(server, hedge_after=0.2, stall_timeout=5.0) as transport:
         began = time.monotonic()
         assert transport.fetch_range(url(server), 1000, 2000) == FILE[1000:2000]
-        assert time.monotonic() - began < 1.5   # not the 5 s stall timeout
+        assert time.monotonic() - began < 3.0   # not the 5 s stall timeout
         snap = transport.stats.snapshot()
         assert snap["hedges"] == 1 and snap["retries"] == 0
 
