@@ -86,6 +86,12 @@ class Settings:
     max_request: int = 8 * MiB
     # Longest read-ahead window per open file.
     readahead: int = 64 * MiB
+    # The kernel's own read-ahead on the mount (its bdi read_ahead_kb), set
+    # when the daemon may (root). At the kernel default of 128 KiB every
+    # FUSE read is 128 KiB; at 1 MiB loopback sequential reads went 96-143
+    # -> 187-196 MB/s cold and 0.6 -> 1.6 GB/s warm (docs/performance.md).
+    # 0 leaves the kernel's value alone.
+    kernel_readahead: int = 1 * MiB
     # Concurrent range requests per file and overall.
     parallel_per_file: int = 16
     parallel_total: int = 64
@@ -143,7 +149,8 @@ class Settings:
         return _coerce(cls(**{k: v for k, v in values.items() if k in names}))
 
 
-_SIZE_FIELDS = {"cache_size", "memory_cache", "block_size", "max_request", "readahead"}
+_SIZE_FIELDS = {"cache_size", "memory_cache", "block_size", "max_request", "readahead",
+                "kernel_readahead"}
 
 
 def _coerce(settings: Settings) -> Settings:

@@ -313,6 +313,23 @@ def test_xattrs(settings, tmp_path):
             os.getxattr(path, "user.nothing")
 
 
+def test_kernel_readahead_raised_and_reads_stay_exact(settings, manifest, tmp_path):
+    """The daemon raises the mount's kernel read-ahead (root only), so the
+    kernel sends reads of up to 1 MiB; bytes must stay exact at that size."""
+    with mounted(settings, tmp_path / "mnt", env={"EMPIARFS_KERNEL_READAHEAD": "512K"}) as mnt:
+        st = os.stat(mnt)
+        knob = f"/sys/class/bdi/{os.major(st.st_dev)}:{os.minor(st.st_dev)}/read_ahead_kb"
+        # Only root may write the knob; otherwise the kernel's value stays.
+        wanted = "512" if os.geteuid() == 0 else open(knob).read().strip()
+        deadline = time.monotonic() + 10
+        while open(knob).read().strip() != wanted:
+            assert time.monotonic() < deadline, f"{knob} is {open(knob).read().strip()}, not {wanted}"
+            time.sleep(0.05)
+        for key in sorted(_by_entry(manifest), key=lambda k: -_by_entry(manifest)[k]["size"])[:3]:
+            f = _by_entry(manifest)[key]
+            assert sha256_of(os.path.join(mnt, key)) == f["sha256"], key
+
+
 def test_apache_twin_mount(apache_twin, archive_server, settings_for, manifest, tmp_path):
     settings = settings_for(archive_server, tmp_path).replace(data_url=apache_twin.data_url, ftp_url="")
     with mounted(settings, tmp_path / "mnt") as mnt:
