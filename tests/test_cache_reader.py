@@ -244,6 +244,31 @@ def test_sequential_reads_trigger_coalesced_parallel_readahead(archive, open_rea
     assert 1 < archive.max_active["big"] <= settings.parallel_per_file
 
 
+def test_readahead_waste_is_bounded_by_bytes_read(archive, open_reader):
+    """A reader of one 2 MiB frame in 128 KiB reads (mmap, or a mount
+    whose kernel read-ahead is 128 KiB) must not be sent the 64 MiB window
+    that 16 reads in a row would earn by doubling alone."""
+    settings = make_settings(block_size=128 * KiB, max_request=8 * MiB, readahead=64 * MiB,
+                             memory_cache=512 * MiB, parallel_per_file=16)
+    key = archive.add("stack", 128 * MiB, seed=4)
+    reader = open_reader(settings)
+    frame = 2 * MiB
+    start = 40 * MiB
+    for offset in range(start, start + frame, 128 * KiB):
+        assert reader.read(key, offset, 128 * KiB) == archive.files["stack"][offset:offset + 128 * KiB]
+    state = reader._files[("stack", key.fingerprint.key())]
+    assert wait_until(lambda: not state.flights, timeout=20)   # read-ahead done
+    # Read-ahead stays within 8 x the 2 MiB read (plus one window step).
+    assert archive.fetched_bytes() <= frame + 8 * frame + 2 * MiB
+    # A long stream still reaches the full window.
+    reader2 = open_reader(settings)
+    key2 = archive.add("movie", 128 * MiB, seed=5)
+    for offset in range(0, 40 * MiB, 1 * MiB):
+        reader2.read(key2, offset, 1 * MiB)
+    assert max(s.window for s in reader2._files[("movie", key2.fingerprint.key())].streams) \
+        == settings.readahead
+
+
 def test_parallel_limits_per_file_and_total(archive, open_reader):
     settings = make_settings(block_size=16 * KiB, max_request=64 * KiB, readahead=1 * MiB,
                              memory_cache=32 * MiB, parallel_per_file=2, parallel_total=3)
