@@ -28,6 +28,7 @@ log = logging.getLogger(__name__)
 # 1 KiB header read cost two 128 KiB blocks (206 headers/s); at 64 KiB, one
 # (248/s). At 1 MiB it cost four 256 KiB blocks.
 BLKSIZE = 64 * 1024
+FUSE_CAP_POSIX_ACL = 1 << 19   # libfuse 3 fuse_common.h
 WRITE_FLAGS = os.O_WRONLY | os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_TRUNC
 ENOATTR = getattr(errno, "ENOATTR", errno.ENODATA)
 # When a read of a range fails, reads of that range on the same handle fail
@@ -106,6 +107,13 @@ class EmpiarOperations(mfusepy.Operations):
             conn.max_read = self._max_read
             conn.max_readahead = min(conn.max_readahead or self._max_readahead,
                                      self._max_readahead) or self._max_readahead
+            # With POSIX ACLs negotiated the kernel keeps each file's "no
+            # ACL" answer instead of asking again on every `ls -l` (warm
+            # `ls -l` of 3,000 files: 6,000 -> 3,000 requests, 0.35-0.48 ->
+            # 0.17-0.28 s). Safe: default_permissions is on and we answer
+            # ENODATA, so permissions stay the mode bits.
+            if conn.capable & FUSE_CAP_POSIX_ACL:
+                conn.want |= FUSE_CAP_POSIX_ACL
         if config is not None:
             # The archive is read-only and versioned by fingerprint: kernel
             # attribute caching is safe for the TTL; auto_cache drops the

@@ -330,6 +330,30 @@ def test_kernel_readahead_raised_and_reads_stay_exact(settings, manifest, tmp_pa
             assert sha256_of(os.path.join(mnt, key)) == f["sha256"], key
 
 
+def test_kernel_keeps_the_no_acl_answer(settings, tmp_path):
+    """`ls -l` asks every file for its ACL; with FUSE_POSIX_ACL negotiated the
+    kernel keeps the "no ACL" answer, so a warm `ls -l` asks the daemon only
+    for security.selinux (libfuse's debug log shows every request)."""
+    mnt = tmp_path / "mnt"
+    with mounted(settings, mnt, verbose=3, allow_errors=True):
+        data = os.path.join(mnt, "EMPIAR-10943", "data", "Tiff")
+        log_path = tmp_path / "mnt.log"
+
+        def acl_requests():
+            return log_path.read_text(errors="replace").count("system.posix_acl_access")
+        listing = subprocess.run(["ls", "-l", data], capture_output=True, text=True, check=True)
+        assert len(listing.stdout.splitlines()) > 100
+        first = acl_requests()
+        assert first >= 1          # the log does show these requests
+        subprocess.run(["ls", "-l", data], capture_output=True, check=True)
+        assert acl_requests() == first
+        path = os.path.join(data, sorted(os.listdir(data))[0])
+        with pytest.raises(OSError) as info:
+            os.getxattr(path, "system.posix_acl_access")
+        assert info.value.errno == errno.ENODATA
+        assert os.getxattr(path, "user.empiarfs.url").decode().endswith(os.path.basename(path))
+
+
 def test_apache_twin_mount(apache_twin, archive_server, settings_for, manifest, tmp_path):
     settings = settings_for(archive_server, tmp_path).replace(data_url=apache_twin.data_url, ftp_url="")
     with mounted(settings, tmp_path / "mnt") as mnt:

@@ -46,15 +46,16 @@ def mount_args(settings) -> list[str]:
 
 
 @contextlib.contextmanager
-def mounted(settings, mountpoint, *extra, env=None, allow_errors=False, timeout=30.0):
-    """Run ``empiarfs mount -f`` on ``mountpoint`` with ``settings``."""
+def mounted(settings, mountpoint, *extra, env=None, allow_errors=False, timeout=30.0, verbose=1):
+    """Run ``empiarfs mount -f`` on ``mountpoint`` with ``settings``
+    (``verbose=3`` logs every FUSE request, libfuse's debug output)."""
     os.makedirs(mountpoint, exist_ok=True)
     log_path = os.path.join(os.path.dirname(str(mountpoint)), f"{os.path.basename(str(mountpoint))}.log")
     run_env = dict(os.environ, **(env or {}))
     for key in ("stall_timeout", "connect_timeout", "retries", "hedge_after", "backoff_max"):
         run_env[f"EMPIARFS_{key.upper()}"] = str(getattr(settings, key))
     with open(log_path, "ab") as log:
-        proc = subprocess.Popen([EMPIARFS, "-v", "mount", "-f", str(mountpoint),
+        proc = subprocess.Popen([EMPIARFS, "-" + "v" * verbose, "mount", "-f", str(mountpoint),
                                  *mount_args(settings), *extra],
                                 stdout=log, stderr=subprocess.STDOUT, env=run_env)
     try:
