@@ -244,6 +244,23 @@ def test_sequential_reads_trigger_coalesced_parallel_readahead(archive, open_rea
     assert 1 < archive.max_active["big"] <= settings.parallel_per_file
 
 
+def test_a_large_read_is_split_over_a_few_connections(archive, open_reader):
+    """One connection to EMPIAR gives ~1.5 MB/s: a read's own blocks go out
+    as up to 4 parallel requests of at least 256 KiB."""
+    settings = make_settings(block_size=128 * KiB, max_request=8 * MiB, readahead=64 * MiB,
+                             memory_cache=256 * MiB, parallel_per_file=16)
+    key = archive.add("f", 32 * MiB, seed=7)
+    archive.delay = 0.05
+    reader = open_reader(settings)
+    assert reader.read(key, 0, 1 * MiB) == archive.files["f"][:1 * MiB]
+    assert sorted(archive.requests) == [("f", o, o + 256 * KiB) for o in range(0, MiB, 256 * KiB)]
+    assert archive.max_active["f"] == 4
+    archive.requests.clear()
+    assert reader.read(key, 20 * MiB, 300 * KiB) == archive.files["f"][20 * MiB:20 * MiB + 300 * KiB]
+    # 3 blocks: pieces of 2 blocks (the 256 KiB minimum), not 3 of one.
+    assert sorted(e - s for _u, s, e in archive.requests) == [128 * KiB, 256 * KiB]
+
+
 def test_readahead_waste_is_bounded_by_bytes_read(archive, open_reader):
     """A reader of one 2 MiB frame in 128 KiB reads (mmap, or a mount
     whose kernel read-ahead is 128 KiB) must not be sent the 64 MiB window

@@ -269,6 +269,19 @@ def test_redirect_to_configured_host_followed(server, tree):
 # -- hedging -----------------------------------------------------------------
 
 
+def test_a_stalled_hedge_is_hedged_again(server):
+    # The request and its first hedge both stall (1 in 900 on EMPIAR): a
+    # third attempt answers, instead of waiting out the 5 s stall timeout.
+    server.faults.set(stall_probability=0.5, seed=seed_where(0.5, [True, True, False]), paths="data")
+    with make(server, hedge_after=0.2, stall_timeout=5.0) as transport:
+        began = time.monotonic()
+        assert transport.fetch_range(url(server), 1000, 2000) == FILE[1000:2000]
+        assert time.monotonic() - began < 3.0
+        snap = transport.stats.snapshot()
+        assert snap["hedges"] == 2 and snap["retries"] == 0
+        assert server.stats.get("faults.stall") == 2
+
+
 def test_hedging_under_stall(server):
     server.faults.set(stall_probability=0.5, seed=seed_where(0.5, [True, False]), paths="data")
     with make(server, hedge_after=0.2, stall_timeout=5.0) as transport:
