@@ -222,14 +222,23 @@ def _label(path, name) -> str:
 
 
 class _Source:
-    """An opened input: the file object, its name, and whether we own it."""
+    """An opened input: the file object, its name, and whether we own it.
 
-    def __init__(self, path, fs, name):
+    ``random_access``: the caller reads selected parts (frames, pages), so a
+    file we open ourselves is advised POSIX_FADV_RANDOM: the kernel then
+    reads just those bytes instead of reading ahead of them (through a
+    mount, read-ahead is network traffic: 4 of 12 frames fetched 2.8 of
+    3 MiB without the advice).
+    """
+
+    def __init__(self, path, fs, name, random_access: bool = False):
         self.name = _label(path, name)
         if _is_file(path):
             self.file, self.owned = path, False
         else:
             self.file, self.owned = open(path, fs=fs), True
+            if random_access:
+                _advise_random(self.file)
 
     def __enter__(self):
         return self
@@ -237,6 +246,13 @@ class _Source:
     def __exit__(self, *exc):
         if self.owned:
             self.file.close()
+
+
+def _advise_random(file) -> None:
+    try:
+        os.posix_fadvise(file.fileno(), 0, 0, os.POSIX_FADV_RANDOM)
+    except (AttributeError, OSError, io.UnsupportedOperation):
+        pass  # archive file objects and platforms without fadvise: no kernel read-ahead anyway
 
 
 def _kind(path, name, expected: Optional[str] = None) -> tuple[str, bool]:
@@ -300,7 +316,8 @@ def load_mrc(path, *, frames: FrameSpec = None, header_only: bool = False, fs=No
     from .formats.mrc import read_mrc
 
     _, compressed = _kind(path, name, "mrc")
-    with _Source(path, fs, name) as src:
+    partial = header_only or frames is not None
+    with _Source(path, fs, name, random_access=partial and not compressed) as src:
         if compressed:
             from .formats.bz2 import open_bz2
 
@@ -352,7 +369,7 @@ def load_tiff(path, *, pages: FrameSpec = None, fs=None, name: Optional[str] = N
     from .formats.tiff import read_tiff
 
     _, compressed = _kind(path, name, "tiff")
-    with _Source(path, fs, name) as src:
+    with _Source(path, fs, name, random_access=pages is not None and not compressed) as src:
         if compressed:
             from .formats.bz2 import decompress_to_spool
 
