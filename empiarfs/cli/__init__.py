@@ -62,12 +62,29 @@ def main(ctx, verbose, config):
     Try it offline on a built-in sample archive:
       empiarfs demo /tmp/empiar
     """
-    level = {0: logging.WARNING, 1: logging.INFO}.get(verbose, logging.DEBUG)
+    if verbose:
+        level = logging.INFO if verbose == 1 else logging.DEBUG
+    else:
+        level = _configured_log_level(config)
     logging.basicConfig(level=level, stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     ctx.ensure_object(dict)
     ctx.obj["config"] = config
     ctx.obj["verbose"] = verbose
+
+
+def _configured_log_level(config) -> int:
+    """The ``log_level`` setting (config file, EMPIARFS_LOG_LEVEL); a bad
+    config file is reported by the command itself, so WARNING here."""
+    from ..config import Settings
+    from ..errors import EmpiarfsError
+
+    try:
+        name = Settings.load(config).log_level
+    except (EmpiarfsError, OSError, ValueError):
+        return logging.WARNING
+    level = logging.getLevelName(str(name).strip().upper())
+    return level if isinstance(level, int) else logging.WARNING
 
 
 def _load_commands():
