@@ -392,6 +392,40 @@ def test_reopened_disk_store_serves_with_zero_fetches(archive, open_reader, tmp_
     assert second.stats.hits_disk == 26 and second.stats.requests == 0
 
 
+def test_a_busy_disk_store_is_a_miss_not_a_wait(archive, open_reader, tmp_path):
+    """A store held by a write or commit on a stalled disk: the lookup gives
+    up after LOOKUP_WAIT and the block comes from the network instead of
+    the read waiting on the disk (past its deadline, unbounded)."""
+    from empiarfs.cache import disk as disk_module
+
+    key = archive.add("f", 8 * KiB, seed=9)
+    directory = tmp_path / "busy"
+    first = open_reader(disk=True, directory=directory)
+    first.read(key, 0, key.size)
+    close(first)
+    second = open_reader(make_settings(deadline=5.0), disk=True, directory=directory)
+    before = len(archive.requests)
+    held, release = threading.Event(), threading.Event()
+
+    def stalled_commit():
+        with second.disk._lock:
+            held.set()
+            release.wait(10)
+    holder = threading.Thread(target=stalled_commit)
+    holder.start()
+    try:
+        assert held.wait(5)
+        started = time.monotonic()
+        assert second.read(key, 0, key.size) == archive.files["f"]
+        assert time.monotonic() - started < disk_module.LOOKUP_WAIT + 2.0
+        assert len(archive.requests) > before
+        assert second.disk.busy_misses >= 1
+    finally:
+        release.set()
+        holder.join()
+    assert second.disk.info()["busy_misses"] >= 1
+
+
 def test_corrupt_block_on_disk_is_refetched(archive, open_reader, tmp_path):
     key = archive.add("f", 8 * KiB, seed=6)
     directory = tmp_path / "corrupt"

@@ -78,6 +78,10 @@ _PENDING, _READY = 0, 1
 WRITE_BACKOFF = 60.0
 # Recency updates are kept in memory and written in batches of this size.
 _TOUCH_BATCH = 512
+# A lookup waits at most this long for the store (held by a write or an
+# index commit on a stalled disk); then it is a miss and the block comes
+# from the network: a read must not wait on the disk past its deadline.
+LOOKUP_WAIT = 0.5
 # Rows of newly written blocks are saved in batches of this size, or when
 # the oldest unsaved row is this old (a kill loses at most that much).
 _ROW_BATCH = 64
@@ -138,6 +142,7 @@ class DiskStore:
         self._max = int(max_bytes)
         self.block_size = int(block_size)
         self._lock = threading.RLock()
+        self.busy_misses = 0   # lookups that gave up waiting for the store
         self._lock_fd: Optional[int] = None
         self._db: Optional[sqlite3.Connection] = None
         self._writes_off_until = 0.0
@@ -459,8 +464,14 @@ class DiskStore:
 
     def get(self, url: str, fingerprint: FingerprintLike, index: int) -> Optional[bytes]:
         """The verified payload of one block, or ``None`` if absent or
-        corrupt (a corrupt block is deleted)."""
-        with self._lock:
+        corrupt (a corrupt block is deleted), or when the store stays busy
+        for LOOKUP_WAIT seconds."""
+        if not self._lock.acquire(timeout=LOOKUP_WAIT):
+            self.busy_misses += 1
+            log.debug("disk cache busy for %.1f s; reading block %d of %s from the network",
+                     LOOKUP_WAIT, index, url)
+            return None
+        try:
             if self._closed:
                 return None
             record = self._file_for(url, fingerprint)
@@ -474,6 +485,8 @@ class DiskStore:
             if len(self._touched) >= _TOUCH_BATCH:
                 self._flush_touches()
             expected = self._expected_length(record, index)
+        finally:
+            self._lock.release()
         data = None
         try:
             data = self._read_verified(record.fid, index, expected)
@@ -665,9 +678,11 @@ class DiskStore:
     def info(self) -> dict:
         """Usage summary: ``bytes_used``, ``max_bytes``, ``files`` (with at
         least one block), ``blocks``, ``pinned_files``, ``pinned_bytes``,
-        ``directory``, ``writes_enabled``."""
+        ``directory``, ``writes_enabled``, ``busy_misses`` (lookups that
+        gave up waiting for a busy store)."""
         with self._lock:
             return {
+                "busy_misses": self.busy_misses,
                 "directory": self.directory,
                 "bytes_used": self._used,
                 "max_bytes": self._max,

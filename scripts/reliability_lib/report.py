@@ -64,7 +64,8 @@ def render(figures: dict, table: list, *, minutes, files, readers, took) -> str:
         f"| bytes verified | {r.bytes_verified:,} |",
         f"| **wrong bytes** | **{r.wrong_bytes}** |",
         f"| **read() calls past the bound** ({figures['bound']:g} s = deadline {figures['deadline']:g} s + 3 s) "
-        f"| **{r.late_calls}** (slowest {r.slowest_call:.2f} s) |",
+        f"| **{r.late_calls}** (slowest {r.slowest_call:.2f} s, ending {r.slowest_at:.0f} s into the load, "
+        f"`{r.slowest_path}`) |",
         f"| **daemon crashes** | **{figures['crashes']}** (tracebacks in its log: {figures['tracebacks']}) |",
         f"| peak daemon memory (VmRSS) | {_mib(r.peak_rss_kib)} (at start {_mib(figures['rss_before_kib'])}, "
         f"memory cache bound 64 MiB) |",
@@ -92,17 +93,17 @@ def render(figures: dict, table: list, *, minutes, files, readers, took) -> str:
                      f"{'YES' if row['escaped'] else 'no'} | {'yes' if row['survived'] else 'NO'} |")
     lines += [
         "",
-        "## Known issues (xfail regression tests in tests/)",
+        "## Bugs the soak found, fixed (each guarded by a regression test in tests/)",
         "",
-        "- A failed read() can take two deadlines (the kernel retries a failed read-ahead page);",
-        "  the bound above allows for it (`test_failed_read_call_returns_within_one_deadline`).",
-        "- Fetches abandoned at the deadline keep running; bodies dripping faster than the stall",
-        "  timeout can clog the fetch pool (`test_dripping_fetches_do_not_clog_the_mount`).",
-        "- The metadata store's per-thread sqlite connections make descriptors grow with FUSE",
-        "  thread churn (`test_open_descriptors_do_not_grow_with_work`); see the descriptor row.",
-        "- A second daemon on a locked cache dies with `RuntimeError: 8` instead of the",
+        "- A failed read() took two deadlines (the kernel retries a failed read-ahead page)",
+        "  (`test_failed_read_call_returns_within_one_deadline`).",
+        "- Fetches abandoned at the deadline kept running; bodies dripping faster than the stall",
+        "  timeout clogged the fetch pool (`test_dripping_fetches_do_not_clog_the_mount`).",
+        "- The metadata store's per-thread sqlite connections made descriptors grow with FUSE",
+        "  thread churn (`test_open_descriptors_do_not_grow_with_work`).",
+        "- A second daemon on a locked cache died with `RuntimeError: 8` instead of the",
         "  CacheLocked message (`test_second_daemon_on_the_same_cache_refuses_naming_the_pid`).",
-        "- Deeply nested entry JSON makes the whole entry directory EIO",
+        "- Deeply nested entry JSON made the whole entry directory EIO",
         "  (`test_entry_json_of_the_wrong_shape[deep nesting]`).",
         "",
         "Behaviour by design: a file left out of its directory listing is ENOENT by name too",

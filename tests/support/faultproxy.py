@@ -440,6 +440,8 @@ class LoadResult:
     bytes_verified: int = 0
     late_calls: int = 0            # read() calls slower than the bound
     slowest_call: float = 0.0
+    slowest_at: float = 0.0        # seconds into the load when that call ended
+    slowest_path: str = ""
     errnos: Counter = field(default_factory=Counter)
     peak_rss_kib: int = 0
     peak_fds: int = 0
@@ -458,6 +460,7 @@ def run_load(mnt, truths: dict, *, readers: int, seconds: float, pid: int, bound
     lock = threading.Lock()
     stop = threading.Event()
     keys = sorted(truths)
+    began = time.monotonic()
 
     def reader(n):
         rng = random.Random(seed * 1000 + n)
@@ -469,7 +472,10 @@ def run_load(mnt, truths: dict, *, readers: int, seconds: float, pid: int, bound
                 result.whole += out.ok
                 result.wrong_bytes += out.wrong_bytes
                 result.bytes_verified += out.verified
-                result.slowest_call = max(result.slowest_call, out.slowest_call)
+                if out.slowest_call > result.slowest_call:
+                    result.slowest_call = out.slowest_call
+                    result.slowest_at = time.monotonic() - began
+                    result.slowest_path = key
                 result.late_calls += out.slowest_call > bound
                 if not out.ok:
                     result.errnos[errno.errorcode.get(out.errno, str(out.errno))] += 1
