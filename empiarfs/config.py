@@ -87,11 +87,13 @@ class Settings:
     # Longest read-ahead window per open file.
     readahead: int = 64 * MiB
     # The kernel's own read-ahead on the mount (its bdi read_ahead_kb), set
-    # when the daemon may (root). At the kernel default of 128 KiB every
-    # FUSE read is 128 KiB; at 1 MiB loopback sequential reads went 96-143
-    # -> 187-196 MB/s cold and 0.6 -> 1.6 GB/s warm (docs/performance.md).
-    # 0 leaves the kernel's value alone.
-    kernel_readahead: int = 1 * MiB
+    # when the daemon may (root); 0 leaves the kernel's 128 KiB. At 1 MiB
+    # loopback sequential reads went 96-143 -> 187-196 MB/s cold and 0.6 ->
+    # 1.6 GB/s warm, but under injected faults one read() then waited on
+    # two 1 MiB FUSE requests in a row: 2 of 3 four-minute soaks had reads
+    # of 17-24 s against an 8 s deadline (docs/performance.md). So it is
+    # for fast, reliable links (a mirror, re-reading cached data).
+    kernel_readahead: int = 0
     # Concurrent range requests per file and overall.
     parallel_per_file: int = 16
     parallel_total: int = 64
