@@ -24,9 +24,10 @@ log = logging.getLogger(__name__)
 
 # st_blksize: Python's buffered open() (mrcfile, numpy) reads this much at
 # a time, and the kernel's first read-ahead is twice a first read of this
-# size, up to the mount's read-ahead (1 MiB, kernel_readahead). At 128 KiB a
-# 1 KiB header read cost two 128 KiB blocks (206 headers/s); at 64 KiB, one
-# (248/s). At 1 MiB it cost four 256 KiB blocks.
+# size, up to the mount's read-ahead. With kernel_readahead 1 MiB, 128 KiB
+# made a 1 KiB header read cost two 128 KiB blocks (206 headers/s) and
+# 64 KiB one (248/s); at the kernel's 128 KiB both cost one. At 1 MiB it
+# cost four 256 KiB blocks.
 BLKSIZE = 64 * 1024
 FUSE_CAP_POSIX_ACL = 1 << 19   # libfuse 3 fuse_common.h
 WRITE_FLAGS = os.O_WRONLY | os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_TRUNC
