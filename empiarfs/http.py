@@ -581,7 +581,12 @@ class Transport:
     # -- retry loop -----------------------------------------------------------
 
     def _request(self, method, url, *, consume, headers=None, data=None, idempotent=None,
-                 deadline=None, hedge=False):
+                 deadline=None, hedge=None):
+        # Every GET and HEAD is hedged: a listing or an entry record that
+        # never answers (1 request in 30 at EMPIAR) would otherwise hold an
+        # `ls` for the whole stall timeout.
+        if hedge is None:
+            hedge = method in ("GET", "HEAD")
         retries_done = 0
         while True:
             if deadline is not None and time.monotonic() >= deadline:

@@ -269,6 +269,20 @@ def test_redirect_to_configured_host_followed(server, tree):
 # -- hedging -----------------------------------------------------------------
 
 
+def test_listings_and_heads_are_hedged_too(server):
+    # A directory listing that never answers must not hold `ls` for the
+    # whole stall timeout.
+    server.faults.set(stall_probability=0.5, seed=seed_where(0.5, [True, False, True, False]),
+                      paths="data")
+    with make(server, hedge_after=0.2, stall_timeout=5.0) as transport:
+        began = time.monotonic()
+        assert transport.get_bytes(url(server, "1.xml")) == b"<entry/>"
+        assert transport.head(url(server)).size == len(FILE)
+        assert time.monotonic() - began < 3.0
+        snap = transport.stats.snapshot()
+        assert snap["hedges"] == 2 and snap["retries"] == 0
+
+
 def test_a_stalled_hedge_is_hedged_again(server):
     # The request and its first hedge both stall (1 in 900 on EMPIAR): a
     # third attempt answers, instead of waiting out the 5 s stall timeout.
