@@ -227,8 +227,8 @@ class _Source:
     ``random_access``: the caller reads selected parts (frames, pages), so a
     file we open ourselves is advised POSIX_FADV_RANDOM: the kernel then
     reads just those bytes instead of reading ahead of them (through a
-    mount, read-ahead is network traffic: 4 of 12 frames fetched 2.8 of
-    3 MiB without the advice).
+    mount, read-ahead is network traffic: 4 of 12 frames of a 3 MiB stack
+    fetched 1.3 MiB without the advice, 2.8 MiB with kernel_readahead 1M).
     """
 
     def __init__(self, path, fs, name, random_access: bool = False):

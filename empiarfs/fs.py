@@ -168,14 +168,6 @@ class EmpiarFS:
             names.append("user.empiarfs.cache")
         return names + list(self._imageset_xattrs(node))
 
-    def xattrs(self, node: Node) -> dict[str, bytes]:
-        """Every extended attribute of a file or directory."""
-        attrs = self._basic_xattrs(node)
-        if node.kind == "file":
-            attrs["user.empiarfs.cache"] = self._cache_state(node).encode()
-        attrs.update(self._imageset_xattrs(node))
-        return attrs
-
     def _basic_xattrs(self, node: Node) -> dict[str, bytes]:
         attrs: dict[str, str] = {}
         if node.accession:

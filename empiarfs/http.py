@@ -406,7 +406,7 @@ class Transport:
         hosts.update(h.lower() for h in settings.allowed_redirect_hosts)
         self._redirect_hosts = {h.lower() for h in hosts if h}
         self._hedge_pool = ThreadPoolExecutor(
-            max_workers=2 * pool + 2, thread_name_prefix="empiarfs-http"
+            max_workers=HEDGE_ATTEMPTS * pool + 2, thread_name_prefix="empiarfs-http"
         )
         self._ignores_ranges: set[str] = set()
         self._closed = False
@@ -616,29 +616,34 @@ class Transport:
         first success. With 1 request in 30 never answered, a single hedge
         left 1 read in 900 waiting the whole stall timeout: about one 10 s
         pause per 256 MiB on the WAN benchmark."""
-        attempts: dict = {}
+        attempts: dict = {}   # future -> its _Attempt
 
         def launch():
             ctl = _Attempt()
-            attempts[self._hedge_pool.submit(
-                self._attempt, method, url, headers, data, consume, deadline, ctl)] = ctl
-            return next(reversed(attempts))
+            future = self._hedge_pool.submit(
+                self._attempt, method, url, headers, data, consume, deadline, ctl)
+            attempts[future] = ctl
+            return future
+
+        def may_hedge():
+            return (len(attempts) < HEDGE_ATTEMPTS
+                    and not any(c.started.is_set() for c in attempts.values()))
 
         pending = {launch()}
         failure = None
         try:
             while pending:
                 timeout = None if deadline is None else max(0.0, deadline - time.monotonic())
-                may_hedge = (len(attempts) < HEDGE_ATTEMPTS
-                             and not any(c.started.is_set() for c in attempts.values()))
-                if may_hedge:
+                hedging = may_hedge()
+                if hedging:
                     delay = self._hedge_delay()
                     timeout = delay if timeout is None else min(timeout, delay)
                 done, pending = wait_futures(pending, timeout=timeout, return_when=FIRST_COMPLETED)
                 if not done:
                     if deadline is not None and time.monotonic() >= deadline:
                         raise DeadlineExceeded(f"deadline passed while reading {url}", url=url)
-                    if may_hedge and not any(c.started.is_set() for c in attempts.values()):
+                    # Headers may have come while we waited.
+                    if hedging and may_hedge():
                         self.stats.add("hedges")
                         log.debug("hedging %s %s after %.2fs without headers", method, url, delay)
                         pending.add(launch())

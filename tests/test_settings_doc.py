@@ -12,6 +12,7 @@ import subprocess
 import sys
 
 from empiarfs.config import Settings, parse_size
+from support.archive import env_for
 
 DOC = pathlib.Path(__file__).resolve().parents[1] / "docs" / "settings.md"
 EMPIARFS = os.path.join(os.path.dirname(sys.executable), "empiarfs")
@@ -51,10 +52,9 @@ def test_log_level_setting_reaches_the_cli(tmp_path):
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]      # closed again: nothing listens
-    env = dict(os.environ, EMPIARFS_CONFIG=str(tmp_path / "none.ini"), EMPIARFS_RETRIES="1",
-               EMPIARFS_BACKOFF_MAX="0.01", EMPIARFS_CACHE_DIR=str(tmp_path / "cache"),
-               EMPIARFS_API_URL=f"http://127.0.0.1:{port}/api",
-               EMPIARFS_DATA_URL=f"http://127.0.0.1:{port}/data", EMPIARFS_FTP_URL="")
+    settings = Settings(api_url=f"http://127.0.0.1:{port}/api", data_url=f"http://127.0.0.1:{port}/data",
+                        ftp_url="", cache_dir=str(tmp_path / "cache"), retries=1, backoff_max=0.01)
+    env = dict(os.environ, **env_for(settings))
     quiet = subprocess.run([EMPIARFS, "info", "EMPIAR-10002"], env=env, capture_output=True,
                            text=True, timeout=60)
     loud = subprocess.run([EMPIARFS, "info", "EMPIAR-10002"], env=dict(env, EMPIARFS_LOG_LEVEL="info"),

@@ -68,10 +68,9 @@ INITIAL_WINDOW = 1 * MiB
 # The window doubles per read but stays within this many times the bytes
 # the stream has read, so the waste when a reader stops (at a frame's or a
 # region's end) is bounded by what it read. Doubling alone sent 848 MiB for
-# 50 random 2 MiB frames read through mmap in 128 KiB kernel reads (a mount
-# without root, where the kernel read-ahead stays 128 KiB); at 8, 470 MiB.
-# At 2 the slow ramp cost 30 % on the WAN benchmark (more, smaller requests,
-# so more stalls); at 8, 1 MiB kernel reads ramp exactly as before.
+# 50 random 2 MiB frames read through mmap in 128 KiB kernel reads (the
+# kernel's default read-ahead); at 8, 470 MiB. At 2 the slow ramp cost 30 %
+# on the WAN benchmark (more, smaller requests, so more stalls).
 WINDOW_PER_BYTE_READ = 8
 # A read's own missing blocks go out in at most this many requests, each
 # at least MIN_URGENT_PIECE: on the WAN benchmark a stream's first 1 MiB
@@ -135,7 +134,6 @@ class _FileState:
         self.active = 0
         self.urgent: deque = deque()
         self.background: deque = deque()
-        self.readahead_request = 0   # set by the read-ahead planner
 
     def idle(self) -> bool:
         return not (self.flights or self.active or self.urgent or self.background)
@@ -237,14 +235,14 @@ class BlockReader:
                     self.stats.add("waits")
                     self._promote(state, idx)
                 waiting[idx] = flight
-            prefetch = self._plan_readahead(state, offset, end)
+            prefetch, piece = self._plan_readahead(state, offset, end)
         if found:
             self.stats.add("hits_memory", len(found))
         try:
             self._load(state, claimed, urgent=True)
         finally:
             if prefetch:
-                self._submit_background(state, prefetch)
+                self._submit_background(state, prefetch, piece)
         for idx, flight in waiting.items():
             remaining = deadline - time.monotonic()
             if not flight.event.wait(max(0.0, remaining)):
@@ -288,9 +286,10 @@ class BlockReader:
         state = self._files[fid] = _FileState(key)
         return state
 
-    def _plan_readahead(self, state: _FileState, offset: int, end: int) -> dict[int, _Flight]:
+    def _plan_readahead(self, state: _FileState, offset: int,
+                        end: int) -> tuple[dict[int, _Flight], int]:
         """Update the sequential streams and claim read-ahead blocks
-        (reader lock held)."""
+        (reader lock held); also the request size to fetch them in."""
         # A read continues a stream if it starts where the stream ended, or
         # at most one read further (a kernel may deliver its own read-ahead
         # requests slightly out of order).
@@ -302,7 +301,7 @@ class BlockReader:
         if match is None:
             state.streams.insert(0, _Stream(end, end - offset))
             del state.streams[STREAMS_PER_FILE:]
-            return {}
+            return {}, 0
         state.streams.remove(match)
         state.streams.insert(0, match)
         match.end = max(match.end, end)
@@ -311,7 +310,7 @@ class BlockReader:
         # Two continuations in a row before any read-ahead: a random reader
         # landing by chance just after an earlier read must not pay for one.
         if match.hits < 2:
-            return {}
+            return {}, 0
         match.window = max(self._bs, min(max(2 * match.window, INITIAL_WINDOW),
                                          WINDOW_PER_BYTE_READ * (match.end - match.start),
                                          self._max_window))
@@ -323,11 +322,10 @@ class BlockReader:
         # busy (refilling at half-window left a quarter of them idle).
         unit = self._request_size(match.window)
         if match.ahead - end > match.window - unit or match.ahead >= file_size:
-            return {}
+            return {}, 0
         start = max(match.ahead, end)
         span = end + match.window - start
         # Whole units, so refills do not leave small requests.
-        state.readahead_request = unit
         if span >= unit:
             span -= span % unit
         stop = min(start + span, file_size)
@@ -337,7 +335,7 @@ class BlockReader:
             if idx in state.flights or (state.fid, idx) in self.memory:
                 continue
             claimed[idx] = state.flights[idx] = _Flight()
-        return claimed
+        return claimed, unit
 
     def _promote(self, state: _FileState, idx: int) -> None:
         """A reader now waits for a block queued as read-ahead: move its job
@@ -391,9 +389,10 @@ class BlockReader:
         share -= share % self._bs
         return max(self._bs, min(self.settings.max_request, share))
 
-    def _submit_background(self, state: _FileState, claimed: dict[int, _Flight]) -> None:
+    def _submit_background(self, state: _FileState, claimed: dict[int, _Flight],
+                           piece: int) -> None:
         """Queue read-ahead: disk lookups and fetches happen on the pool."""
-        requests = coalesce(claimed, self._bs, state.readahead_request,
+        requests = coalesce(claimed, self._bs, piece,
                             state.key.fingerprint.size)
         for request in requests:
             flights = {i: claimed[i] for i in request.blocks}
