@@ -39,6 +39,11 @@ def __getattr__(name):
         from .export import deposition
 
         return getattr(deposition, name)
+    if name == "to_dask":
+        # Imports numpy, not dask: dask is optional and loaded by the call.
+        from .pyapi.arrays import to_dask
+
+        return to_dask
     raise AttributeError(f"module 'empiarfs' has no attribute {name!r}")
 
 
@@ -47,4 +52,4 @@ _EXPORT_NAMES = frozenset({"deposition_from_lambda_ber", "IncompleteDeposition"}
 
 
 def __dir__():
-    return sorted(set(globals()) | _API_NAMES | _EXPORT_NAMES | {"EmpiarDataset"})
+    return sorted(set(globals()) | _API_NAMES | _EXPORT_NAMES | {"EmpiarDataset", "to_dask"})
