@@ -130,15 +130,14 @@ class Settings:
             "empiarfs",
             "config.ini",
         )
+        # A file named on the command line must exist: a typo would
+        # otherwise run with the defaults without a word. The default path
+        # and EMPIARFS_CONFIG may name a missing file (no config at all).
+        if config_file and not os.path.exists(config_file):
+            raise InvalidInput(f"config file {config_file} does not exist")
         if path and os.path.exists(path):
-            parser = configparser.ConfigParser()
-            try:
-                parser.read(path)
-            except configparser.Error as exc:
-                raise InvalidInput(f"cannot parse config file {path}: {exc}") from exc
-            if parser.has_section("empiarfs"):
-                for key, value in parser.items("empiarfs"):
-                    values[key.replace("-", "_")] = value
+            for key, value in _read_config(path).items():
+                values[key.replace("-", "_")] = value
         names = {f.name for f in fields(cls)}
         for name in names:
             key = "EMPIARFS_" + name.upper()
@@ -151,6 +150,31 @@ class Settings:
         return _coerce(cls(**{k: v for k, v in values.items() if k in names}))
 
 
+def _read_config(path: str) -> dict:
+    """The ``[empiarfs]`` section of an INI file, as strings.
+
+    Raises
+    ------
+    InvalidInput
+        If the file cannot be read, is not UTF-8 text or is not INI.
+    """
+    parser = configparser.ConfigParser()
+    try:
+        with open(path, encoding="utf-8") as handle:
+            parser.read_file(handle)
+    except UnicodeDecodeError as exc:
+        raise InvalidInput(f"config file {path} is not UTF-8 text (byte {exc.start}); "
+                           "save it as UTF-8") from None
+    except OSError as exc:
+        raise InvalidInput(f"cannot read config file {path}: {exc.strerror or exc}") from None
+    except configparser.Error as exc:
+        reason = " ".join(str(exc).split())   # the parser's message spans lines
+        raise InvalidInput(f"cannot parse config file {path}: {reason}") from None
+    return dict(parser.items("empiarfs")) if parser.has_section("empiarfs") else {}
+
+
+_TRUE = ("1", "true", "yes", "on")
+_FALSE = ("0", "false", "no", "off")
 _SIZE_FIELDS = {"cache_size", "memory_cache", "block_size", "max_request", "readahead",
                 "kernel_readahead"}
 
@@ -165,7 +189,11 @@ def _coerce(settings: Settings) -> Settings:
             changes[f.name] = parse_size(value)
         elif isinstance(default, bool):
             if isinstance(value, str):
-                changes[f.name] = value.strip().lower() in ("1", "true", "yes", "on")
+                word = value.strip().lower()
+                if word not in _TRUE + _FALSE:
+                    raise InvalidInput(f"setting {f.name}: not true or false: {value!r} "
+                                       "(use true/false, yes/no, on/off or 1/0)")
+                changes[f.name] = word in _TRUE
         elif isinstance(default, (int, float)) and isinstance(value, str):
             try:
                 changes[f.name] = type(default)(value)

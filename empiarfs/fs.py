@@ -11,6 +11,8 @@ from __future__ import annotations
 import io
 import logging
 import os
+import sqlite3
+import tempfile
 import threading
 import time
 
@@ -18,13 +20,55 @@ from .archive.client import Archive
 from .cache.disk import CacheLocked, DiskStore
 from .cache.memory import MemoryLRU
 from .cache.reader import BlockReader, FileKey
+from .cache.stats import RecentErrors
 from .catalog import Catalog, Node
 from .config import Settings
-from .errors import InvalidInput, NotFound, RemoteError
+from .errors import EmpiarfsError, InvalidInput, NotFound, RemoteError
 from .http import Transport
 from .metastore import MetaStore
 
 log = logging.getLogger(__name__)
+
+
+class CacheUnavailable(EmpiarfsError, OSError):
+    """The cache directory cannot be created or written (a path under a
+    regular file, a read-only filesystem, no permission)."""
+
+    def __init__(self, path: str, reason: str):
+        super().__init__(f"cache directory {path} cannot be used ({reason}); choose another: "
+                         "EMPIARFS_CACHE_DIR, cache_dir in the config file, or "
+                         "--cache-dir of mount")
+        self.path = path
+        self.reason = reason
+
+    def __str__(self):
+        return self.args[0]
+
+
+def check_cache_dir(path: str) -> None:
+    """Create ``path`` if needed and prove that files can be made in it.
+
+    A probe file rather than ``os.access``: root passes every mode check,
+    yet still cannot write under a regular file or on a read-only mount.
+
+    Raises
+    ------
+    CacheUnavailable
+        If the directory cannot be created or written.
+    """
+    try:
+        os.makedirs(path, exist_ok=True)
+        fd, probe = tempfile.mkstemp(dir=path, prefix=".probe-")
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as exc:
+        raise CacheUnavailable(path, exc.strerror or str(exc)) from None
+
+
+def _memory_only(exc: Exception) -> None:
+    why = f"{exc.path} cannot be used ({exc.reason})" if isinstance(exc, CacheUnavailable) \
+        else str(exc)
+    log.warning("not using the disk cache: %s; reading through the memory cache only", why)
 
 
 class EmpiarFS:
@@ -36,38 +80,67 @@ class EmpiarFS:
         Defaults to :meth:`Settings.load` (config file and environment).
     exclusive_cache : bool
         One process owns a disk cache directory. When true (the mount),
-        a cache owned by another process is an error; when false (the
-        Python API beside a running mount), this instance runs with the
-        memory cache only.
+        a cache owned by another process, or one that cannot be written,
+        is an error; when false (the Python API beside a running mount),
+        this instance warns and runs with the memory cache only.
 
     Raises
     ------
     CacheLocked
         ``exclusive_cache`` is true and another process owns the cache.
+    CacheUnavailable
+        ``exclusive_cache`` is true and the cache directory cannot be
+        created or written.
     """
 
     def __init__(self, settings: Settings | None = None, *, transport=None, archive=None,
                  exclusive_cache: bool = True):
         self.settings = settings or Settings.load()
         self.started = time.time()
+        cache_dir = self.settings.cache_dir
+        if cache_dir:
+            # Checked first, so an unusable directory is one message, not a
+            # warning from the metadata store and then a traceback.
+            try:
+                check_cache_dir(cache_dir)
+            except CacheUnavailable as exc:
+                if exclusive_cache:
+                    raise
+                _memory_only(exc)
+                cache_dir = ""
         self.transport = transport or Transport(self.settings)
         self.archive = archive or Archive(self.settings, self.transport)
-        cache_dir = self.settings.cache_dir
         self.meta = MetaStore(os.path.join(cache_dir, "metadata") if cache_dir else None)
         self.memory = MemoryLRU(self.settings.memory_cache)
         self.disk = None
+        # The last distinct errors of FUSE operations, for stats.json.
+        self.errors = RecentErrors()
         if cache_dir and self.settings.cache_size > 0:
             try:
-                self.disk = DiskStore(os.path.join(cache_dir, "blocks"), self.settings.cache_size,
-                                      block_size=self.settings.block_size)
-            except CacheLocked as exc:
+                self.disk = self._open_disk(os.path.join(cache_dir, "blocks"))
+            except (CacheLocked, CacheUnavailable) as exc:
                 if exclusive_cache:
+                    self.meta.close()
+                    if archive is None:
+                        self.archive.close()
+                    if transport is None:
+                        self.transport.close()
                     raise
-                log.warning("disk cache unavailable, using memory only: %s", exc)
+                _memory_only(exc)
         self.reader = BlockReader(self._fetch, self.settings, self.memory, self.disk)
         self.catalog = Catalog(self.settings, self.archive, self.meta, stats_provider=self.stats)
         self._closed = False
         self._lock = threading.Lock()
+
+    def _open_disk(self, directory: str) -> DiskStore:
+        try:
+            return DiskStore(directory, self.settings.cache_size,
+                             block_size=self.settings.block_size)
+        except CacheLocked:
+            raise
+        except (OSError, sqlite3.Error) as exc:
+            reason = getattr(exc, "strerror", None) or str(exc)
+            raise CacheUnavailable(directory, reason) from None
 
     # ------------------------------------------------------------ namespace
 
@@ -233,6 +306,7 @@ class EmpiarFS:
             "memory_cache": {"bytes_used": self.memory.bytes_used,
                              "max_bytes": self.memory.max_bytes},
             "disk_cache": disk,
+            "last_errors": self.errors.snapshot(),
         }
 
     def close(self) -> None:

@@ -3,7 +3,12 @@
 Nothing here knows about HTTP or caches. Every callback goes through
 :func:`_translate`, the one place exceptions become errno values (EIO by
 default), so no exception can reach mfusepy, which would turn it into
-EINVAL, and no error ends the mount.
+EINVAL, and no error ends the mount. Failures are remembered in the
+facade's ``errors`` (shown by ``empiarfs stats``) and logged once each.
+
+Imported only by ``mount.run_fuse``, after ``mount.load_mfusepy`` has bound
+mfusepy to libfuse 3: importing this module first would let mfusepy pick
+libfuse 2.
 """
 
 from __future__ import annotations
@@ -49,7 +54,19 @@ def errno_of(exc: BaseException) -> int:
     return errno.EIO
 
 
-_logged: set = set()
+# Answers that are part of normal use, not failures worth reporting.
+_EXPECTED = (errno.ENOENT, ENOATTR, errno.EROFS, errno.ENOTDIR, errno.EISDIR)
+
+
+def reason_of(exc: BaseException) -> str:
+    """What went wrong, in the words a person reads in ``empiarfs stats``."""
+    if isinstance(exc, EmpiarfsError):
+        text = str(exc)
+    elif isinstance(exc, OSError) and exc.strerror:
+        text = exc.strerror + (f": {exc.filename}" if exc.filename is not None else "")
+    else:
+        text = f"unexpected {type(exc).__name__}: {exc}"
+    return " ".join(text.split())
 
 
 def _translate(method):
@@ -61,18 +78,10 @@ def _translate(method):
             raise
         except Exception as exc:  # one mapping for everything below FUSE
             code = errno_of(exc)
-            if code not in (errno.ENOENT, ENOATTR, errno.EROFS, errno.ENOTDIR, errno.EISDIR):
-                key = (method.__name__, type(exc).__name__, str(exc)[:200])
-                level = logging.DEBUG if key in _logged else logging.WARNING
-                if len(_logged) > 4096:  # messages name URLs and offsets
-                    _logged.clear()
-                _logged.add(key)
-                log.log(level, "%s%r failed: %s (%s)", method.__name__, args[:1], exc,
-                        errno.errorcode.get(code, code))
+            if code not in _EXPECTED:
+                self._report(method.__name__, args[0] if args else "", exc, code)
             raise mfusepy.FuseOSError(code) from None
     return wrapper
-
-
 def _read_only(self, *args, **kwargs):
     raise mfusepy.FuseOSError(errno.EROFS)
 
@@ -96,6 +105,23 @@ class EmpiarOperations(mfusepy.Operations):
         self._next_handle = 1
         self._uid = os.getuid()
         self._gid = os.getgid()
+
+    def _report(self, op: str, path, exc: BaseException, code: int) -> None:
+        """Remember a failure for ``empiarfs stats`` and log it when a person
+        should hear of it: once per distinct error, rate-limited (a dead
+        network fails every read alike)."""
+        name = errno.errorcode.get(code, str(code))
+        path = path if isinstance(path, str) else repr(path)
+        reason = reason_of(exc)
+        held = None
+        errors = getattr(self.fs, "errors", None)
+        if errors is not None:
+            held = errors.add(op, path, type(exc).__name__, reason, name)
+        if errors is None or held is not None:
+            more = f" ({held} more errors not shown; see `empiarfs stats`)" if held else ""
+            log.warning("%s %s failed (%s): %s%s", op, path, name, reason, more)
+        else:
+            log.debug("%s %s failed (%s): %s", op, path, name, reason)
 
     # -------------------------------------------------------------- lifecycle
 

@@ -3,16 +3,22 @@
 The parent process forks before any thread exists; the child detaches,
 mounts in the foreground and builds :class:`EmpiarFS` in FUSE ``init()``.
 The parent waits until the mount point is live (or the child dies) so the
-user sees startup errors instead of a silent dead mount.
+user sees startup errors instead of a silent dead mount: the child sends
+its error back as one line.
+
+mfusepy is imported only through :func:`load_mfusepy`, which binds it to
+libfuse 3 even where libfuse 2 is installed too.
 """
 
 from __future__ import annotations
 
+import ctypes.util
 import logging
 import os
 import shutil
 import signal
 import subprocess
+import sys
 import threading
 import time
 
@@ -25,24 +31,107 @@ class MountError(EmpiarfsError, OSError):
     """The filesystem could not be mounted or unmounted."""
 
 
-def check_mountpoint(mountpoint: str) -> str:
+LIBFUSE3_MISSING = ("libfuse 3 is not installed (Debian/Ubuntu: apt-get install fuse3 libfuse3-3; "
+                    "Fedora/RHEL: dnf install fuse3 fuse3-libs)")
+
+
+def check_mountpoint(mountpoint: str, nonempty: bool = False) -> str:
+    """The absolute path of a usable mount point.
+
+    Raises
+    ------
+    InvalidInput
+        If it is not a directory.
+    MountError
+        If something is mounted there, or it holds files (which the mount
+        would hide) and ``nonempty`` is false.
+    """
     path = os.path.abspath(mountpoint)
     if not os.path.isdir(path):
         raise InvalidInput(f"mount point {mountpoint} is not a directory (create it with mkdir -p)")
     if os.path.ismount(path):
         raise MountError(f"{mountpoint} is already a mount point (unmount it with "
                          f"`empiarfs umount {mountpoint}`)")
+    if not nonempty:
+        try:
+            entries = os.listdir(path)
+        except OSError as exc:
+            raise MountError(f"cannot list mount point {mountpoint}: {exc.strerror}") from None
+        if entries:
+            # libfuse 3 mounts over files without a word; users of FUSE
+            # tools expect the refusal libfuse 2 gave.
+            count = f"{len(entries)} entr{'y' if len(entries) == 1 else 'ies'}"
+            raise MountError(f"mount point {mountpoint} is not empty ({count} "
+                             "would be hidden while mounted); use an empty directory, or "
+                             "--nonempty to mount over them")
     return path
+
+
+def choose_libfuse(environ=None, find=ctypes.util.find_library) -> str:
+    """The libfuse that mfusepy must load: ``FUSE_LIBRARY_PATH`` if the user
+    set it, else libfuse 3.
+
+    mfusepy loads ``find_library('fuse')`` first, which is libfuse 2
+    wherever both are installed (most desktops, many cluster nodes), and
+    libfuse 2 refuses libfuse 3's mount options (``unknown option
+    'max_threads=64'``). So libfuse 3 is named explicitly.
+
+    Raises
+    ------
+    MountError
+        If neither ``FUSE_LIBRARY_PATH`` nor libfuse 3 is there; the
+        message names the packages.
+    """
+    environ = os.environ if environ is None else environ
+    chosen = environ.get("FUSE_LIBRARY_PATH")
+    if chosen:
+        return chosen
+    found = find("fuse3")
+    if not found:
+        raise MountError(LIBFUSE3_MISSING)
+    return found
+
+
+def load_mfusepy():
+    """Import mfusepy bound to libfuse 3 (see :func:`choose_libfuse`).
+
+    The choice travels to mfusepy in ``FUSE_LIBRARY_PATH``, which it reads
+    once, at import; the variable is put back afterwards so that programs
+    the user starts from the mount's environment do not inherit it.
+
+    Raises
+    ------
+    MountError
+        If libfuse 3 is missing, cannot be loaded, or mfusepy was already
+        imported with libfuse 2.
+    """
+    module = sys.modules.get("mfusepy")
+    if module is None:
+        path = choose_libfuse()
+        before = os.environ.get("FUSE_LIBRARY_PATH")
+        os.environ["FUSE_LIBRARY_PATH"] = path
+        try:
+            import mfusepy as module
+        except (ImportError, OSError) as exc:
+            raise MountError(f"cannot load {path} ({exc}); {LIBFUSE3_MISSING}") from None
+        finally:
+            if before is None:
+                os.environ.pop("FUSE_LIBRARY_PATH", None)
+            else:
+                os.environ["FUSE_LIBRARY_PATH"] = before
+    if getattr(module, "fuse_version_major", 3) != 3:
+        where = os.environ.get("FUSE_LIBRARY_PATH")
+        raise MountError(f"libfuse {module.fuse_version_major} was loaded "
+                         f"({getattr(module, '_libfuse_path', '?')}"
+                         f"{', from FUSE_LIBRARY_PATH' if where else ''}); empiarfs needs "
+                         "libfuse 3: unset FUSE_LIBRARY_PATH or point it at libfuse3.so.3")
+    return module
 
 
 def run_fuse(fs_factory, mountpoint: str, settings, *, foreground_debug: bool = False) -> None:
     """Mount and serve until unmounted or signalled (SIGTERM/SIGINT unmount
     cleanly: libfuse installs the handlers)."""
-    try:
-        import mfusepy
-    except (ImportError, OSError, EnvironmentError) as exc:
-        raise MountError(f"FUSE is not available ({exc}); install libfuse 3 "
-                         "(Debian: apt-get install fuse3)") from exc
+    mfusepy = load_mfusepy()
     from .fuse_ops import EmpiarOperations
 
     max_read = 1024 * 1024
@@ -51,9 +140,12 @@ def run_fuse(fs_factory, mountpoint: str, settings, *, foreground_debug: bool = 
                                   attr_timeout=min(settings.metadata_ttl, 3600.0))
     # libfuse 3 serves at most 10 requests at once by default; every read
     # waiting on the network holds a worker, so allow as many as the fetch
-    # pool can use.
+    # pool can use. max_idle_threads as high changes nothing, but libfuse
+    # 3.14.0 prints "Ignoring invalid max threads value 4294967295" on
+    # every mount when it is left at its default.
+    threads = max(16, settings.parallel_total)
     options = dict(foreground=True, nothreads=False, ro=True, fsname="empiarfs",
-                   max_threads=max(16, settings.parallel_total),
+                   max_threads=threads, max_idle_threads=threads,
                    subtype="empiarfs", default_permissions=True, max_read=max_read,
                    debug=foreground_debug)
     if settings.allow_other:
@@ -141,45 +233,80 @@ def daemonize_and_mount(child_main, mountpoint: str, log_file: str, timeout: flo
     """Fork; the child runs ``child_main()`` detached with output to
     ``log_file``; the parent returns the child's pid once the mount is live.
 
+    A child that fails sends its error's message back through a pipe, so
+    the user reads the same one line as with a foreground mount; the
+    details stay in the log.
+
     Raises
     ------
     MountError
-        If the child exits or the mount does not appear within ``timeout``.
+        If the child exits (with the child's own message) or the mount does
+        not appear within ``timeout``.
     """
-    os.makedirs(os.path.dirname(log_file) or ".", exist_ok=True)
+    try:
+        os.makedirs(os.path.dirname(log_file) or ".", exist_ok=True)
+        fd = os.open(log_file, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    except OSError as exc:
+        raise MountError(f"cannot write the mount's log file {log_file}: {exc.strerror}") from None
     read_end, write_end = os.pipe()
     pid = os.fork()
     if pid == 0:  # child
         os.close(read_end)
+        code = 1
         try:
             os.setsid()
-            fd = os.open(log_file, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
             devnull = os.open(os.devnull, os.O_RDONLY)
             os.dup2(devnull, 0)
             os.dup2(fd, 1)
             os.dup2(fd, 2)
-            os.close(write_end)
             child_main()
             code = 0
-        except BaseException:  # the child must never return into the CLI
+        except EmpiarfsError as exc:
+            logging.getLogger(__name__).error("mount failed: %s", exc)
+            _send(write_end, str(exc))
+        except BaseException as exc:  # the child must never return into the CLI
             logging.getLogger(__name__).exception("mount daemon failed")
-            code = 1
+            _send(write_end, f"the mount daemon failed ({type(exc).__name__}: {exc}); "
+                             f"details in {log_file}")
         finally:
             logging.shutdown()
         os._exit(code)
+    os.close(fd)
     os.close(write_end)
-    os.close(read_end)
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        done, status = os.waitpid(pid, os.WNOHANG)
-        if done:
-            raise MountError(f"mount failed (exit status {os.waitstatus_to_exitcode(status)}); "
-                             f"see {log_file}:\n{_tail(log_file)}")
-        if os.path.ismount(mountpoint):
-            return pid
-        time.sleep(0.05)
+    try:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            done, status = os.waitpid(pid, os.WNOHANG)
+            if done:
+                message = _receive(read_end)
+                if not message:
+                    message = (f"the mount daemon exited with status "
+                               f"{os.waitstatus_to_exitcode(status)}; see {log_file}")
+                raise MountError(message)
+            if os.path.ismount(mountpoint):
+                return pid
+            time.sleep(0.05)
+    finally:
+        os.close(read_end)
     os.kill(pid, signal.SIGTERM)
     raise MountError(f"mount did not appear within {timeout:.0f} s; see {log_file}")
+
+
+def _send(fd: int, message: str) -> None:
+    # Best effort: once the parent has returned, nobody reads the pipe.
+    try:
+        os.write(fd, " ".join(message.split()).encode("utf-8", "replace")[:4000])
+    except OSError:
+        pass
+
+
+def _receive(fd: int) -> str:
+    chunks = []
+    while True:
+        chunk = os.read(fd, 4096)
+        if not chunk:
+            return b"".join(chunks).decode("utf-8", "replace").strip()
+        chunks.append(chunk)
 
 
 def unmount(mountpoint: str, lazy: bool = False, timeout: float = 30.0) -> None:
@@ -200,10 +327,3 @@ def unmount(mountpoint: str, lazy: bool = False, timeout: float = 30.0) -> None:
     while os.path.ismount(path) and time.monotonic() < deadline:
         time.sleep(0.05)
 
-
-def _tail(path: str, lines: int = 15) -> str:
-    try:
-        with open(path, errors="replace") as handle:
-            return "".join(handle.readlines()[-lines:])
-    except OSError:
-        return ""

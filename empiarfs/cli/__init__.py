@@ -7,26 +7,46 @@ attaches itself to :data:`main`; this module imports them all.
 from __future__ import annotations
 
 import logging
+import os
 import sys
 
 import click
 
 from .. import __version__
 from ..config import Settings
-from ..errors import EmpiarfsError
+from ..errors import EmpiarfsError, InvalidInput
 
 EXIT_OK, EXIT_ERROR, EXIT_USAGE = 0, 1, 2
 
 
 class _Group(click.Group):
-    """Turns empiarfs errors into one clear line and exit code 1."""
+    """Turns empiarfs errors, and the operating system's (a full disk, a
+    directory that cannot be written), into one clear line and exit code 1.
+    Anything else is a bug and keeps its traceback."""
 
     def invoke(self, ctx):
         try:
             return super().invoke(ctx)
         except EmpiarfsError as exc:
-            click.echo(f"empiarfs: error: {exc}", err=True)
+            click.echo(f"empiarfs: error: {one_line(exc)}", err=True)
             ctx.exit(EXIT_ERROR)
+        except OSError as exc:
+            logging.getLogger(__name__).debug("command failed", exc_info=True)
+            click.echo(f"empiarfs: error: {os_error_text(exc)}", err=True)
+            ctx.exit(EXIT_ERROR)
+
+
+def one_line(exc: BaseException) -> str:
+    """An error's message on one line (a message may quote a multi-line reply)."""
+    return " ".join(str(exc).split()) or type(exc).__name__
+
+
+def os_error_text(exc: OSError) -> str:
+    """``cannot write /x/y: Permission denied`` rather than ``[Errno 13] ...``."""
+    if exc.strerror and exc.filename is not None:
+        where = f"{exc.filename} -> {exc.filename2}" if exc.filename2 is not None else exc.filename
+        return f"{where}: {exc.strerror}"
+    return one_line(exc)
 
 
 def archive_options(func):
@@ -62,6 +82,10 @@ def main(ctx, verbose, config):
     Try it offline on a built-in sample archive:
       empiarfs demo /tmp/empiar
     """
+    if config is not None and not os.path.isfile(config):
+        # Checked here as well as in Settings.load: commands that read no
+        # settings must not ignore a mistyped --config either.
+        raise InvalidInput(f"config file {config} does not exist")
     if verbose:
         level = logging.INFO if verbose == 1 else logging.DEBUG
     else:

@@ -286,9 +286,12 @@ def index_update(ctx, spec, refresh, as_json, api_url, data_url, ftp_url):
       empiarfs index update
       empiarfs index update --range 10000-10100 --json
     """
+    from ..fs import check_cache_dir
     from ..search import SearchIndex, index_path
 
     settings = _settings(ctx, api_url, data_url, ftp_url)
+    # Before fetching: the index is saved there once everything is fetched.
+    check_cache_dir(str(index_path(settings).parent))
     index_ = SearchIndex(index_path(settings))
     counter = Counter("indexing entries")
     try:

@@ -26,12 +26,14 @@ def open_resources(settings, use_cache: bool = True):
 
     if use_cache and settings.cache_dir and settings.cache_size > 0:
         from ..cache.disk import CacheLocked
-        from ..fs import EmpiarFS
+        from ..fs import CacheUnavailable, EmpiarFS
 
         try:
             fs = EmpiarFS(settings)
         except CacheLocked as exc:
             log.info("not using the disk cache: %s", exc)
+        except CacheUnavailable as exc:
+            log.warning("not using the disk cache: %s cannot be used (%s)", exc.path, exc.reason)
         except OSError as exc:
             log.warning("not using the disk cache %s: %s", settings.cache_dir, exc)
         else:

@@ -10,6 +10,7 @@ import time
 import click
 
 from . import archive_options, main, settings_from
+from ..errors import InvalidInput
 
 CACHE_OPTIONS = [
     click.option("--cache-dir", default=None, type=click.Path(file_okay=False),
@@ -29,6 +30,8 @@ CACHE_OPTIONS = [
     click.option("--allow-other", is_flag=True, default=None,
                  help="Let other users see the mount (needs user_allow_other in /etc/fuse.conf)."),
     click.option("-f", "--foreground", is_flag=True, help="Stay in the foreground (logs to stderr)."),
+    click.option("--nonempty", is_flag=True,
+                 help="Mount even if MOUNTPOINT holds files (they are hidden until unmounted)."),
 ]
 
 
@@ -44,12 +47,16 @@ def _settings(ctx, **kw):
     return settings_from(ctx.obj, **{k: kw.get(k) for k in keys})
 
 
-def _serve_mount(settings, mountpoint, foreground, debug, before=None, source=None):
+def _serve_mount(settings, mountpoint, foreground, debug, before=None, source=None,
+                 nonempty=False):
     """Mount in this process (foreground) or in a detached child."""
-    from ..fs import EmpiarFS
+    from ..fs import EmpiarFS, check_cache_dir
     from ..mount import check_mountpoint, daemonize_and_mount, run_fuse
 
-    mountpoint = check_mountpoint(mountpoint)
+    mountpoint = check_mountpoint(mountpoint, nonempty=nonempty)
+    if settings.cache_dir:
+        # Here, before the fork: the daemon's log file lives there too.
+        check_cache_dir(settings.cache_dir)
 
     def child():
         settings_now = before() if before else settings
@@ -77,7 +84,7 @@ def _serve_mount(settings, mountpoint, foreground, debug, before=None, source=No
 @archive_options
 @cache_options
 @click.pass_context
-def mount(ctx, mountpoint, foreground, **kw):
+def mount(ctx, mountpoint, foreground, nonempty, **kw):
     """Mount the whole EMPIAR archive read-only at MOUNTPOINT.
 
     \b
@@ -89,7 +96,8 @@ def mount(ctx, mountpoint, foreground, **kw):
       empiarfs umount /mnt/empiar
     """
     settings = _settings(ctx, **kw)
-    _serve_mount(settings, mountpoint, foreground, ctx.obj.get("verbose", 0) >= 3)
+    _serve_mount(settings, mountpoint, foreground, ctx.obj.get("verbose", 0) >= 3,
+                 nonempty=nonempty)
 
 
 @main.command()
@@ -116,7 +124,7 @@ def umount(mountpoint, lazy):
               help="Number of small files in the large-directory entry.")
 @cache_options
 @click.pass_context
-def demo(ctx, mountpoint, root, many_files, foreground, **kw):
+def demo(ctx, mountpoint, root, many_files, foreground, nonempty, **kw):
     """Generate the built-in sample archive, serve it on loopback and mount it.
 
     Works without internet. The sample has real MRC/MRCS, STAR, TIFF and
@@ -133,6 +141,12 @@ def demo(ctx, mountpoint, root, many_files, foreground, **kw):
     settings = _settings(ctx, **kw)
     if not kw.get("cache_dir"):
         settings = settings.replace(cache_dir=os.path.join(settings.cache_dir, "demo"))
+    # Checked before the sample is made, which takes a while.
+    from ..fs import check_cache_dir
+    from ..mount import check_mountpoint
+
+    check_mountpoint(mountpoint, nonempty=nonempty)
+    check_cache_dir(settings.cache_dir)
     root = root or os.path.join(settings.cache_dir, "demo-archive")
     if not os.path.exists(os.path.join(root, "manifest.json")):
         click.echo(f"empiarfs: generating the sample archive in {root} ...")
@@ -149,7 +163,7 @@ def demo(ctx, mountpoint, root, many_files, foreground, **kw):
                                 ftp_url=server.ftp_url or "")
 
     _serve_mount(settings, mountpoint, foreground, False, before=start_server,
-                 source=f"the sample archive in {root}")
+                 source=f"the sample archive in {root}", nonempty=nonempty)
 
 
 @main.command()
@@ -167,7 +181,9 @@ def stats(mountpoint, as_json):
         with open(path) as handle:
             data = json.load(handle)
     except OSError as exc:
-        raise click.ClickException(f"{mountpoint} is not an empiarfs mount ({exc.strerror})")
+        raise InvalidInput(f"{mountpoint} is not an empiarfs mount ({exc.strerror})") from None
+    except ValueError as exc:
+        raise InvalidInput(f"{path} is not valid JSON ({exc})") from None
     if as_json:
         click.echo(json.dumps(data, indent=2, sort_keys=True))
         return
@@ -183,3 +199,10 @@ def stats(mountpoint, as_json):
     click.echo(f"memory cache:  {mem.get('bytes_used', 0)} / {mem.get('max_bytes', 0)} bytes")
     if disk:
         click.echo(f"disk cache:    {disk.get('bytes_used', 0)} / {disk.get('max_bytes', 0)} bytes")
+    errors = data.get("last_errors") or []
+    click.echo(f"last errors:   {'none' if not errors else ''}".rstrip())
+    for error in errors:
+        when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(error.get("time", 0)))
+        count = error.get("count", 1)
+        click.echo(f"  {when}  {error.get('op')} {error.get('path')}: {error.get('reason')}"
+                   f" ({error.get('error')}{f', {count} times' if count > 1 else ''})")
