@@ -23,19 +23,43 @@ from . import main
 @click.option("--stall-seconds", default=300.0, type=float, show_default=True, help="How long a stall holds.")
 @click.option("--truncate", default=0.0, type=float, help="Probability a body is cut midway.")
 @click.option("--omit", multiple=True, metavar="NAME", help="Leave NAME out of listings (repeatable).")
-def serve(root, host, port, ftp_port, rate, latency, stall, stall_seconds, truncate, omit):
+@click.option("--cut", default=0.0, type=float,
+              help="Probability a reply (file, HEAD, listing, JSON) is cut short, headers included.")
+@click.option("--cut-where", default=None, metavar="PLACES",
+              help="Where cuts fall, comma-separated: status, header_line, header_value, "
+                   "after_headers, body (default: all).")
+@click.option("--cut-headers", default=None, metavar="NAMES",
+              help="Headers a header_value cut may split: ETag, Content-Length, Content-Range, "
+                   "Last-Modified (default: all).")
+@click.option("--lie", default=0.0, type=float, help="Probability a reply lies (see --lie-kinds).")
+@click.option("--lie-kinds", default=None, metavar="KINDS",
+              help="Lies told, comma-separated: malformed_etag, duplicate_etag, malformed_length, "
+                   "range_length_mismatch, http10_close, whole_200 (default: all).")
+@click.option("--seed", default=0, show_default=True, type=int, help="Seed of the fault draws.")
+def serve(root, host, port, ftp_port, rate, latency, stall, stall_seconds, truncate, omit,
+          cut, cut_where, cut_headers, lie, lie_kinds, seed):
     """Serve ROOT (api/, world_availability/) like EMPIAR, until Ctrl-C.
 
     \b
     Example (EBI-like conditions):
       empiarfs sample /tmp/empiar-sample
       empiarfs serve /tmp/empiar-sample --ftp-port 2121 --rate 1.5M --stall 0.033
+    Replies cut anywhere, 1 in 20 (a flaky proxy):
+      empiarfs serve /tmp/empiar-sample --cut 0.05 --stall 0.033
     """
     from ..server import ArchiveServer, Faults
 
-    faults = Faults(rate=float(parse_size(rate)) if rate else 0.0, latency=latency,
-                    stall_probability=stall, stall_seconds=stall_seconds,
-                    truncate_probability=truncate, omit_from_listing=set(omit))
+    knobs = dict(rate=float(parse_size(rate)) if rate else 0.0, latency=latency,
+                 stall_probability=stall, stall_seconds=stall_seconds,
+                 truncate_probability=truncate, omit_from_listing=set(omit),
+                 cut_probability=cut, lie_probability=lie)
+    for name, value in (("cut_where", cut_where), ("cut_headers", cut_headers), ("lie_kinds", lie_kinds)):
+        if value is not None:
+            knobs[name] = value
+    try:
+        faults = Faults(seed=seed, **knobs)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from None
     server = ArchiveServer(root, host=host, port=port, faults=faults,
                            ftp=ftp_port is not None, ftp_port=ftp_port or 0)
     done = threading.Event()

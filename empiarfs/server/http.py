@@ -9,12 +9,18 @@ A multi-range request is answered 200 with the whole file (allowed by RFC
 7233; Apache would send multipart/byteranges, which no client here uses).
 ``If-Range`` and ``If-None-Match`` are honoured. Bodies go out with
 ``sendfile`` unless a fault needs a byte loop.
+
+A reply with a wire fault (a cut or a lie, see :mod:`.faults`) is built
+here as bytes -- status line, header block, body -- and written by hand, so
+that it can end at any byte, header block included; ``http.server``'s own
+``send_response`` path stays the fast path for every other reply.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import random
 import socket
 import struct
 import threading
@@ -24,7 +30,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import unquote
 
 from . import autoindex
-from .faults import NO_FAULT, Decision
+from .faults import NO_FAULT, Decision, Reply, place_cut, tell_lie
 
 log = logging.getLogger(__name__)
 
@@ -136,7 +142,11 @@ class _Handler(BaseHTTPRequestHandler):
     def do_POST(self):
         self._dispatch(head=False)
 
-    def _send(self, status, ctype=None, body=b"", headers=(), head=False):
+    def _send(self, status, ctype=None, body=b"", headers=(), head=False, decision=NO_FAULT):
+        if decision.wire:
+            fields = ([("Content-Type", ctype)] if ctype else []) + list(headers)
+            return self._send_wired(status, fields + [("Content-Length", str(len(body)))],
+                                    body, 0 if head else len(body), decision)
         self.send_response(status)
         if ctype:
             self.send_header("Content-Type", ctype)
@@ -212,12 +222,12 @@ class _Handler(BaseHTTPRequestHandler):
         stats.add("requests.api")
         if self.command == "POST" and body:
             stats.add("requests.api_batch")
-        decision = self.owner.faults.decide("api", is_file=False)
+        decision = self.owner.faults.decide("api", is_file=False, reply="text", head=head)
         if decision is not NO_FAULT and self._faulted(decision, head):
             return
         status, ctype, payload = self.owner.api.handle(self.command, rest, body)
         self._send(status, ctype, payload, (("Allow", "GET, POST, HEAD, OPTIONS"),
-                                            ("Vary", "Accept")), head)
+                                            ("Vary", "Accept")), head, decision)
 
     def _data(self, path: str, head: bool):
         owner = self.owner
@@ -244,11 +254,14 @@ class _Handler(BaseHTTPRequestHandler):
             owner.stats.add("requests.redirect")
             return self._error(301, f'The document has moved <a href="{location}">here</a>.',
                                head, [("Location", location)])
-        decision = owner.faults.decide("data", is_file=not is_dir)
+        ranged = (not is_dir and not head
+                  and isinstance(parse_range(self.headers.get("Range"), st.st_size), tuple))
+        decision = owner.faults.decide("data", is_file=not is_dir, reply="text" if is_dir else "file",
+                                       head=head, ranged=ranged)
         if decision is not NO_FAULT and self._faulted(decision, head):
             return
         if is_dir:
-            return self._listing(path, real, head)
+            return self._listing(path, real, head, decision)
         if decision.redirect_to:
             owner.stats.add("faults.redirect")
             location = decision.redirect_to.rstrip("/") + autoindex.escape_path(path)
@@ -257,7 +270,7 @@ class _Handler(BaseHTTPRequestHandler):
 
     # -- listings and files -------------------------------------------------
 
-    def _listing(self, path: str, real: str, head: bool):
+    def _listing(self, path: str, real: str, head: bool, decision: Decision = NO_FAULT):
         self.owner.stats.add("requests.listing")
         try:
             items = autoindex.scan(real)
@@ -268,7 +281,7 @@ class _Handler(BaseHTTPRequestHandler):
             self.owner.stats.add("faults.omitted", len(omitted))
             items = [i for i in items if i.name not in omitted]
         page = autoindex.render(path, items)
-        self._send(200, autoindex.CONTENT_TYPE, page, (), head)
+        self._send(200, autoindex.CONTENT_TYPE, page, (), head, decision)
 
     def _file(self, real: str, st: os.stat_result, decision: Decision, head: bool):
         stats = self.owner.stats
@@ -284,6 +297,9 @@ class _Handler(BaseHTTPRequestHandler):
         if_range = self.headers.get("If-Range")
         if rng is not None and if_range and if_range.strip() not in (etag, last_modified):
             rng = None  # the client's copy is stale: send the whole new file
+        if decision.lie == "whole_200" and isinstance(rng, tuple):
+            stats.add("faults.whole_200")
+            rng = None
         if rng == "unsatisfiable":
             stats.add("ranges.unsatisfiable")
             return self._error(416, "Requested Range Not Satisfiable", head,
@@ -299,8 +315,11 @@ class _Handler(BaseHTTPRequestHandler):
                 stats.add("faults.wrong_content_range")
             extra = [("Content-Range", f"bytes {shown[0]}-{shown[1]}/{size}")]
             stats.add("ranges")
+        fields = common + extra + [("Content-Length", str(length)), ("Content-Type", ctype)]
+        if decision.wire:
+            return self._send_wired(status, fields, (real, start), 0 if head else length, decision)
         self.send_response(status)
-        for name, value in common + extra + [("Content-Length", str(length)), ("Content-Type", ctype)]:
+        for name, value in fields:
             self.send_header(name, value)
         self.end_headers()
         stats.add(f"status.{status}")
@@ -348,6 +367,57 @@ class _Handler(BaseHTTPRequestHandler):
                 self.connection.shutdown(socket.SHUT_RDWR)
             except OSError:
                 pass
+
+    def _send_wired(self, status: int, fields: list, body, length: int, decision: Decision):
+        """Write a reply with a wire fault by hand: the lie told, then the
+        bytes up to the cut. ``body`` is bytes or ``(path, offset)`` of a
+        file; ``length`` is how many body bytes follow the header block."""
+        stats = self.owner.stats
+        rng = random.Random(decision.wire_seed)
+        reason = self.responses.get(status, ("",))[0]
+        reply = Reply(status, reason, [("Date", self.date_time_string()), ("Server", self.version_string())]
+                      + list(fields), length)
+        # whole_200 was told when the file's range was chosen.
+        if decision.lie and decision.lie != "whole_200" and tell_lie(reply, decision.lie, rng):
+            stats.add(f"faults.{decision.lie}")
+        head = reply.head_bytes()
+        end, place = len(head) + length, None
+        if decision.cut:
+            end, place = place_cut(head, length, decision.cut, rng, decision.cut_headers)
+            stats.add(f"faults.cut_{place}")
+        self.log_request(status)
+        stats.add(f"status.{status}")
+        self.wfile.write(head[:end])
+        self._write_body(body, end - len(head))
+        if place is None and not reply.close:
+            return
+        self.close_connection = True
+        if place is not None and decision.cut_reset:
+            self._reset()
+            return
+        try:
+            self.connection.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+
+    def _write_body(self, body, n: int) -> None:
+        """The first ``n`` bytes of ``body`` (bytes, or ``(path, offset)``)."""
+        if n <= 0:
+            return
+        if isinstance(body, bytes):
+            self.wfile.write(body[:n])
+            self.owner.stats.add("bytes_sent", min(n, len(body)))
+            return
+        path, offset = body
+        with open(path, "rb") as fh:
+            fh.seek(offset)
+            while n > 0:
+                data = fh.read(min(_CHUNK, n))
+                if not data:
+                    break
+                self.wfile.write(data)
+                self.owner.stats.add("bytes_sent", len(data))
+                n -= len(data)
 
     def _reset(self):
         """Close with SO_LINGER 0 so the peer gets a TCP RST."""

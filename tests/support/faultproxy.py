@@ -31,9 +31,31 @@ Actions:
     Accept the request and never answer (until the proxy stops).
 ``cut``
     Send the headers and half the body, then close (clean FIN).
+``cut_at``
+    Send the upstream reply up to a byte chosen among the places of
+    ``where`` that the reply has, then close (clean FIN): ``"status"``
+    (inside the status line), ``"header_line"`` (at a line boundary inside
+    the header block: no blank line), ``"header_value"`` (inside the value
+    of one of ``cut_headers`` -- ETag, Content-Length, Content-Range,
+    Last-Modified -- chosen at random among those present),
+    ``"after_headers"`` (whole header block, no body), ``"body"`` (inside
+    the body). The same places as the archive server's ``cut_where`` knob.
+``random_cut``
+    Send the upstream reply up to a uniformly random byte of the whole of
+    it, headers included, then close; counted also as
+    ``random_cut:<place>`` where the byte fell.
 
-Everything the proxy did is counted in ``proxy.counts`` (action -> n).
-Stdlib only; the proxy never imports empiarfs.
+Any rule may carry a ``probability``: it then applies to each matching
+request with that chance, drawn from the proxy's ``seed`` (the issue's
+flaky proxy is ``Rule("stall", probability=1/30)`` and
+``Rule("random_cut", probability=1/20)``).
+
+Everything the proxy did is counted in ``proxy.counts`` (action -> n, and
+``<action>:<place>`` for cuts); each cut is also logged in ``proxy.events``
+(``{"action", "place", "at", "of", "target"}``). Upstream replies are
+passed on byte for byte but for the connection header: a body that ends
+at the upstream's close (no Content-Length, not chunked) ends the client's
+connection too. Stdlib only; the proxy never imports empiarfs.
 """
 
 from __future__ import annotations
@@ -41,23 +63,29 @@ from __future__ import annotations
 import errno
 import hashlib
 import os
+import random
 import re
 import socket
 import threading
 import time
-from collections import Counter
+from collections import Counter, deque
 from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
 _HEAD_LIMIT = 64 * 1024
 _UPSTREAM_TIMEOUT = 60.0
+#: Where a ``cut_at`` may fall (the archive server's ``cut_where`` places).
+CUT_PLACES = ("status", "header_line", "header_value", "after_headers", "body")
+#: Headers whose value a ``header_value`` cut may split.
+CUT_HEADERS = ("ETag", "Content-Length", "Content-Range", "Last-Modified")
 
 
 @dataclass
 class Rule:
     """One fault: ``action`` applied to requests whose path matches
     ``path`` (a regular expression searched in the request target; ``None``
-    matches all), at most ``count`` times (``None``: unlimited)."""
+    matches all), at most ``count`` times (``None``: unlimited), each time
+    with chance ``probability`` (``None``: always)."""
 
     action: str
     path: str | None = None
@@ -68,13 +96,24 @@ class Rule:
     extra: bytes = b"X" * 4096
     rate: float = 1.0
     method: str | None = None
+    where: tuple = CUT_PLACES
+    cut_headers: tuple = CUT_HEADERS
+    probability: float | None = None
     used: int = field(default=0, compare=False)
 
-    _ACTIONS = ("forward", "canned", "extra_bytes", "shift_range", "drip", "stall", "cut")
+    _ACTIONS = ("forward", "canned", "extra_bytes", "shift_range", "drip", "stall", "cut",
+                "cut_at", "random_cut")
 
     def __post_init__(self):
         if self.action not in self._ACTIONS:
             raise ValueError(f"unknown action {self.action!r}; one of {', '.join(self._ACTIONS)}")
+        if isinstance(self.where, str):
+            self.where = (self.where,)
+        if isinstance(self.cut_headers, str):
+            self.cut_headers = (self.cut_headers,)
+        unknown = set(self.where) - set(CUT_PLACES)
+        if unknown:
+            raise ValueError(f"unknown cut places {sorted(unknown)}; choose from {', '.join(CUT_PLACES)}")
 
     def matches(self, method: str, target: str) -> bool:
         if self.count is not None and self.used >= self.count:
@@ -94,6 +133,8 @@ class FaultProxy:
     port : int
         Port to listen on; 0 picks a free one. Restarting a stopped proxy
         on its old port simulates a server coming back.
+    seed : int
+        Seed of the ``probability`` draws and of the cut positions.
 
     Raises
     ------
@@ -101,11 +142,13 @@ class FaultProxy:
         If the port cannot be bound.
     """
 
-    def __init__(self, upstream_url: str, port: int = 0):
+    def __init__(self, upstream_url: str, port: int = 0, seed: int = 0):
         parts = urlsplit(upstream_url)
         self.upstream = (parts.hostname or "127.0.0.1", parts.port or 80)
         self.rules: list[Rule] = []
         self.counts: Counter = Counter()
+        self.events: deque = deque(maxlen=10_000)
+        self._rng = random.Random(seed)
         self._lock = threading.Lock()
         self._stopping = threading.Event()
         self._conns: set = set()
@@ -183,7 +226,9 @@ class FaultProxy:
                 method, target = request.split(b" ", 2)[:2]
                 method, target = method.decode("latin-1"), target.decode("latin-1")
                 rule = self._pick(method, target)
-                if not self._answer(conn, rule, method, request):
+                if not self._answer(conn, rule, method, request, target):
+                    return
+                if re.search(rb"\r\nconnection:[ \t]*close", request.split(b"\r\n\r\n")[0], re.I):
                     return
         except OSError:
             return
@@ -196,12 +241,14 @@ class FaultProxy:
         with self._lock:
             for rule in self.rules:
                 if rule.matches(method, target):
+                    if rule.probability is not None and self._rng.random() >= rule.probability:
+                        continue
                     rule.used += 1
                     self.counts[rule.action] += 1
                     return rule
         return Rule("forward")
 
-    def _answer(self, conn, rule: Rule, method: str, request: bytes) -> bool:
+    def _answer(self, conn, rule: Rule, method: str, request: bytes, target: str = "") -> bool:
         """Send one response; False if the client connection is done."""
         if rule.action == "stall":
             self._stopping.wait()
@@ -210,27 +257,41 @@ class FaultProxy:
             head = _head(rule.status, list(rule.headers) + [("Content-Length", str(len(rule.body)))])
             conn.sendall(head + (b"" if method == "HEAD" else rule.body))
             return True
-        status, headers, body = self._upstream(request, method)
+        status_line, headers, body, framed = self._upstream(request, method)
         if rule.action == "shift_range":
             headers = [(k, _shift(v) if k.lower() == "content-range" else v) for k, v in headers]
-        head = _head(status, headers)
+        head = _render(status_line, headers, keep_alive=framed)
         if rule.action == "extra_bytes":
             conn.sendall(head + body + rule.extra)
             return True
         if rule.action == "cut":
             conn.sendall(head + body[: len(body) // 2])
             return False
+        if rule.action in ("cut_at", "random_cut"):
+            with self._lock:
+                if rule.action == "cut_at":
+                    at, place = cut_offset(head, len(body), rule.where, rule.cut_headers, self._rng)
+                else:
+                    at = self._rng.randrange(len(head) + len(body))
+                    place = where_is(head, at)
+                self.counts[f"{rule.action}:{place}"] += 1
+                self.events.append({"action": rule.action, "place": place, "at": at,
+                                    "of": len(head) + len(body), "target": target})
+            conn.sendall((head + body)[:at])
+            return False
         if rule.action == "drip":
             for byte in head + body:
                 if self._stopping.wait(1.0 / rule.rate):
                     return False
                 conn.sendall(bytes([byte]))
-            return True
+            return framed
         conn.sendall(head + body)
-        return True
+        return framed
 
     def _upstream(self, request: bytes, method: str):
-        """Ask upstream on a fresh connection; returns (status, headers, body)."""
+        """Ask upstream on a fresh connection; returns ``(status line,
+        headers, body, framed)``, ``framed`` False when the body ends only
+        at the upstream's close (no Content-Length, not chunked)."""
         head, _, rest = request.partition(b"\r\n\r\n")
         lines = [ln for ln in head.split(b"\r\n")
                  if not ln.lower().startswith((b"connection:", b"keep-alive:"))]
@@ -249,15 +310,21 @@ class FaultProxy:
         raw = b"".join(chunks)
         rhead, _, body = raw.partition(b"\r\n\r\n")
         status_line, *header_lines = rhead.decode("latin-1").split("\r\n")
-        status = int(status_line.split()[1]) if len(status_line.split()) > 1 else 502
+        parts = status_line.split()
+        if len(parts) < 2 or not parts[1].isdigit():
+            status_line = "HTTP/1.1 502 Bad Gateway"
         headers = []
         for line in header_lines:
             name, _, value = line.partition(":")
             if name.lower() not in ("connection", "keep-alive"):
                 headers.append((name.strip(), value.strip()))
+        names = {k.lower() for k, _ in headers}
+        status = int(status_line.split()[1])
+        framed = (method == "HEAD" or status in (204, 304) or status < 200
+                  or "content-length" in names or "transfer-encoding" in names)
         if method == "HEAD":
             body = b""
-        return status, headers, body
+        return status_line, headers, body, framed
 
 
 def _read_request(conn, buf: bytes):
@@ -284,9 +351,71 @@ def _read_request(conn, buf: bytes):
 
 
 def _head(status: int, headers) -> bytes:
-    lines = [f"HTTP/1.1 {status} X"] + [f"{k}: {v}" for k, v in headers]
-    lines.append("Connection: keep-alive")
+    return _render(f"HTTP/1.1 {status} X", headers)
+
+
+def _render(status_line: str, headers, keep_alive: bool = True) -> bytes:
+    lines = [status_line] + [f"{k}: {v}" for k, v in headers]
+    lines.append("Connection: keep-alive" if keep_alive else "Connection: close")
     return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
+
+
+def _layout(head: bytes, cut_headers=CUT_HEADERS):
+    """Line boundaries of ``head`` (after each CRLF but the blank line's)
+    and the ``(start, end)`` spans of the values of ``cut_headers``."""
+    wanted = {h.lower() for h in cut_headers}
+    bounds, values, pos = [], [], 0
+    for i, line in enumerate(head.split(b"\r\n")[:-2]):
+        if i:
+            name, _, value = line.partition(b":")
+            if name.strip().decode("latin-1").lower() in wanted:
+                start = pos + len(name) + 1 + (len(value) - len(value.lstrip()))
+                values.append((start, pos + len(line.rstrip())))
+        pos += len(line) + 2
+        bounds.append(pos)
+    return bounds, values
+
+
+def cut_offset(head: bytes, length: int, where, cut_headers, rng) -> tuple[int, str]:
+    """Where a ``cut_at`` ends a reply (``head`` then ``length`` body
+    bytes): ``(offset, place)``, the place drawn among ``where`` that the
+    reply has. A reply with none of them is cut at a header line."""
+    bounds, values = _layout(head, cut_headers)
+    status_len = head.index(b"\r\n")
+    have = {"status", "header_line"}
+    if values:
+        have.add("header_value")
+    if length >= 1:
+        have.add("after_headers")
+    if length >= 2:
+        have.add("body")
+    choices = [p for p in CUT_PLACES if p in where and p in have] or ["header_line"]
+    place = rng.choice(choices)
+    if place == "status":
+        return rng.randint(1, status_len + 1), place
+    if place == "header_value":
+        start, end = rng.choice(values)
+        return (start + rng.randint(1, end - start - 1) if end - start >= 2 else end), place
+    if place == "after_headers":
+        return len(head), place
+    if place == "body":
+        return len(head) + rng.randint(1, length - 1), place
+    return rng.choice(bounds), place
+
+
+def where_is(head: bytes, at: int, cut_headers=CUT_HEADERS) -> str:
+    """Which place a cut at byte ``at`` (of head + body) falls in: a place
+    of :data:`CUT_PLACES`, or ``"header"`` (elsewhere inside a header line)."""
+    bounds, values = _layout(head, cut_headers)
+    if at <= head.index(b"\r\n") + 1:
+        return "status"
+    if at in bounds:
+        return "header_line"
+    if any(start < at <= end for start, end in values):
+        return "header_value"
+    if at < len(head):
+        return "header"
+    return "after_headers" if at == len(head) else "body"
 
 
 def _shift(value: str) -> str:
