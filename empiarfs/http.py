@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import email.utils
 import heapq
+import http.client
 import importlib.metadata
 import itertools
 import json
@@ -240,13 +241,31 @@ class _Transient(RemoteError):
         self.retry_after = retry_after
 
     def final(self, attempts: int) -> RemoteError:
-        cls = BadResponse if self.kind == "truncated" else RemoteError
+        cls = BadResponse if self.kind in _UNTRUSTED_KINDS else RemoteError
         return cls(
             f"{self.args[0]} (gave up after {attempts} attempt{'s' if attempts > 1 else ''}; "
             "the archive may be down or overloaded, try again later)",
             url=self.url,
             status=self.status,
         )
+
+
+# Failure kinds where the server answered but the answer was not whole or
+# not believable: retried, and reported as BadResponse when retries run out.
+_UNTRUSTED_KINDS = frozenset({
+    "truncated", "cut_headers", "bad_headers", "bad_length", "bad_validator", "bad_range",
+    "ignored_range", "incomplete", "version_mismatch",
+})
+
+
+class _Disagrees(_Transient):
+    """A reply for another version of the file than the caller holds. One
+    such reply may be cut, misrouted or from a lagging backend; the file is
+    declared changed only when the next reply says the same."""
+
+    def __init__(self, message, *, url, observed):
+        super().__init__(message, kind="version_mismatch", url=url)
+        self.observed = observed
 
 
 class _Cancelled(Exception):
@@ -316,7 +335,57 @@ _WATCHDOG = _Watchdog()
 _ACTIVE: dict = {}
 
 
+class CutHeaders(http.client.HTTPException):
+    """The status line or header block ended before its terminating blank
+    line (the connection closed inside them)."""
+
+
+class _LineWatch:
+    """Stands in for a response's file object while the status line and
+    headers are read, remembering whether the last line read was whole."""
+
+    def __init__(self, fp):
+        self._fp = fp
+        self.lines = 0
+        self.last = None
+
+    def readline(self, limit=-1):
+        line = self._fp.readline(limit)
+        self.lines += 1
+        if self.last is None or self.last.endswith(b"\n"):
+            self.last = line
+        return line
+
+    def __getattr__(self, name):  # close(), flush() ... go to the real file
+        return getattr(self._fp, name)
+
+
+class _WholeHeadResponse(http.client.HTTPResponse):
+    """``http.client`` takes end of file as the end of the header block, so
+    a reply cut inside ``ETag: "e820-4e7`` or ``Content-Length: 15`` parses
+    as a short, wrong reply (urllib3 only logs the defect). This response
+    refuses one whose status line or header block did not end with its
+    newline and blank line, so the cut becomes a retry."""
+
+    def begin(self):
+        if self.headers is not None:
+            return
+        real = self.fp
+        watch = _LineWatch(real)
+        self.fp = watch
+        try:
+            super().begin()
+        finally:
+            if self.fp is watch:
+                self.fp = real
+        if watch.last not in (b"\r\n", b"\n"):
+            self.close()
+            raise CutHeaders("the reply's status line or headers were cut short")
+
+
 class _TrackedMixin:
+    response_class = _WholeHeadResponse
+
     def request(self, *args, **kwargs):
         _ACTIVE[threading.get_ident()] = self
         return super().request(*args, **kwargs)
@@ -426,17 +495,39 @@ class Transport:
         RemoteError
             If the server cannot be reached or keeps failing.
         """
-        body = self._request(
-            method, url, data=data, idempotent=idempotent, deadline=deadline,
-            consume=lambda resp, final, ctl: self._read_body(resp, final, MAX_TEXT_BYTES, ctl),
-        )
-        try:
-            return json.loads(body)
-        except (ValueError, RecursionError) as exc:  # hostile nesting too
-            raise BadResponse(f"{url} did not return valid JSON: {exc}", url=url) from exc
+        def consume(resp, final, ctl):
+            body = self._read_body(resp, final, MAX_TEXT_BYTES, ctl)
+            try:
+                return json.loads(body)
+            except (ValueError, RecursionError) as exc:  # hostile nesting too
+                if _close_delimited(resp):
+                    # Without a length or chunking, a cut body looks whole.
+                    raise _Transient(f"{final} sent incomplete JSON", kind="incomplete",
+                                     url=final) from exc
+                raise BadResponse(f"{url} did not return valid JSON: {exc}", url=url) from exc
 
-    def get_text(self, url: str, max_bytes: int = MAX_TEXT_BYTES, *, deadline=None) -> str:
+        return self._request(method, url, data=data, idempotent=idempotent, deadline=deadline,
+                             consume=consume)
+
+    def get_text(self, url: str, max_bytes: int = MAX_TEXT_BYTES, *, deadline=None,
+                 parse: Optional[Callable[[str], object]] = None,
+                 complete: Optional[Callable[[str], bool]] = None):
         """GET a text body (a directory listing), at most ``max_bytes``.
+
+        Parameters
+        ----------
+        parse : callable, optional
+            Turns the text into the caller's value; a ``BadResponse`` from it
+            counts as a bad reply and the request is tried again (a listing
+            cut by a proxy is not a verdict on the directory).
+        complete : callable, optional
+            For a body delimited only by the connection closing (no length,
+            no chunking), says whether the text looks whole (e.g. ends with
+            ``</html>``); if not, the request is tried again.
+
+        Returns
+        -------
+        str, or what ``parse`` returns.
 
         Raises
         ------
@@ -444,11 +535,19 @@ class Transport:
             As :meth:`get_json`; ``BadResponse`` also when the body exceeds
             ``max_bytes`` or its Content-Length.
         """
-        body = self._request(
-            "GET", url, deadline=deadline,
-            consume=lambda resp, final, ctl: self._read_body(resp, final, max_bytes, ctl),
-        )
-        return body.decode("utf-8", errors="replace")
+
+        def consume(resp, final, ctl):
+            text = self._read_body(resp, final, max_bytes, ctl).decode("utf-8", errors="replace")
+            if complete is not None and _close_delimited(resp) and not complete(text):
+                raise _Transient(f"the body of {final} ended early", kind="incomplete", url=final)
+            if parse is None:
+                return text
+            try:
+                return parse(text)
+            except BadResponse as exc:
+                raise _Transient(str(exc), kind="incomplete", url=final) from exc
+
+        return self._request("GET", url, deadline=deadline, consume=consume)
 
     def get_bytes(self, url: str, max_bytes: int = MAX_TEXT_BYTES, *, deadline=None) -> bytes:
         """GET a whole (small) body as bytes.
@@ -475,12 +574,10 @@ class Transport:
         """
 
         def consume(resp, final, ctl):
-            length = resp.headers.get("Content-Length")
-            size = int(length) if length and length.strip().isdigit() else None
-            modified = resp.headers.get("Last-Modified")
+            etag, modified = _validators(resp, final)
             return RemoteStat(
-                size=size,
-                etag=resp.headers.get("ETag"),
+                size=_content_length(resp, final),
+                etag=etag,
                 last_modified=modified,
                 mtime=parse_http_date(modified),
                 url=final,
@@ -495,7 +592,7 @@ class Transport:
             size = self._request(
                 "GET", stat.url, deadline=deadline,
                 headers={"Range": "bytes=0-0", "Accept-Encoding": "identity"},
-                consume=lambda resp, final, ctl: _size_from_probe(resp),
+                consume=lambda resp, final, ctl: _size_from_probe(resp, final),
             )
             stat = RemoteStat(size, stat.etag, stat.last_modified, stat.mtime, stat.url)
         return stat
@@ -588,6 +685,7 @@ class Transport:
         if hedge is None:
             hedge = method in ("GET", "HEAD")
         retries_done = 0
+        disagreed = None  # the other version the previous reply claimed
         while True:
             if deadline is not None and time.monotonic() >= deadline:
                 raise DeadlineExceeded(f"deadline passed before {method} {url} completed", url=url)
@@ -597,6 +695,10 @@ class Transport:
                 return self._attempt(method, url, headers, data, consume, deadline, None)
             except _Transient as exc:
                 self.stats.error(exc.kind)
+                if isinstance(exc, _Disagrees):
+                    if exc.observed == disagreed:
+                        raise StaleFile(f"{exc.args[0]}; reopen the file", url=url) from exc
+                    disagreed = exc.observed
                 if not self.retry.allows(method, retries_done, idempotent):
                     raise exc.final(retries_done + 1) from exc
                 retries_done += 1
@@ -741,7 +843,15 @@ class Transport:
                 "or set verify_tls=false for a local test server)", url=url,
             ) from exc
         except requests.exceptions.ConnectionError as exc:
+            if _caused_by(exc, CutHeaders):
+                raise _Transient(f"the reply from {_host(url)} was cut inside its headers",
+                                 kind="cut_headers", url=url) from exc
             raise _Transient(f"cannot connect to {_host(url)}: {_reason(exc)}", kind="connection", url=url) from exc
+        except requests.exceptions.InvalidHeader as exc:
+            # Conflicting Content-Length values and the like: a garbled or
+            # spliced reply, worth another try.
+            raise _Transient(f"malformed headers from {_host(url)}: {_reason(exc)}",
+                             kind="bad_headers", url=url) from exc
         except requests.exceptions.RequestException as exc:
             raise RemoteError(f"request to {url} failed: {exc}", url=url) from exc
 
@@ -773,7 +883,7 @@ class Transport:
     def _read_body(self, resp, url, limit, ctl, want=None) -> bytes:
         """Read the body: at most ``limit`` bytes (more is ``BadResponse``),
         or exactly ``want`` bytes when given (then stop early)."""
-        declared = _content_length(resp)
+        declared = _content_length(resp, url)
         encoded = bool(resp.headers.get("Content-Encoding", "identity").strip().lower() not in ("", "identity"))
         if want is None and declared is not None and not encoded and declared > limit:
             raise BadResponse(f"{url} is too large ({declared} bytes, limit {limit})", url=url)
@@ -813,28 +923,29 @@ class Transport:
 
     def _consume_range(self, resp, url, start, end, expect, ctl):
         status = resp.status_code
-        etag = resp.headers.get("ETag")
-        modified = resp.headers.get("Last-Modified")
+        etag, modified = _validators(resp, url)
         if status == 416:
             total = None
             if resp.headers.get("Content-Range"):
-                total = parse_content_range(resp.headers["Content-Range"])[2]
+                total = _content_range(resp, url)[2]
             self._check_expect(url, expect, total, etag, modified)
             return b"", total
         if status == 206:
-            first, last, total = parse_content_range(resp.headers.get("Content-Range"))
-            if first is None or first != start or last < first:
-                raise BadResponse(
+            first, last, total = _content_range(resp, url)
+            if first is None or first != start or last < first or (total is not None and last >= total):
+                # A reply for another request (a proxy mixing up replies)
+                # or garbled: never data; the next attempt may be right.
+                raise _Transient(
                     f"asked {url} for bytes {start}-{end - 1} but the reply is for "
-                    f"{resp.headers.get('Content-Range')!r}", url=url,
+                    f"{resp.headers.get('Content-Range')!r}", kind="bad_range", url=url,
                 )
             self._check_expect(url, expect, total, etag, modified)
             promised = last - first + 1
-            declared = _content_length(resp)
+            declared = _content_length(resp, url)
             if declared is not None and declared != promised:
-                raise BadResponse(
+                raise _Transient(
                     f"{url}: Content-Length {declared} disagrees with Content-Range "
-                    f"{resp.headers.get('Content-Range')!r}", url=url,
+                    f"{resp.headers.get('Content-Range')!r}", kind="bad_range", url=url,
                 )
             body = self._read_body(resp, url, promised, ctl, want=promised)
             if len(body) < promised:
@@ -845,11 +956,15 @@ class Transport:
             return body[: end - start], total
         if status == 200:
             if start > 0:
-                raise BadResponse(
+                # The whole file where a range was asked: a server without
+                # range support, or a proxy that dropped the header. Either
+                # way not the bytes asked for; another attempt may be ranged.
+                raise _Transient(
                     f"{url} answered a range request at offset {start} with the whole file "
-                    "(200 instead of 206); the server does not support ranges", url=url,
+                    "(200 instead of 206); the server or a proxy on the way does not support ranges",
+                    kind="ignored_range", url=url,
                 )
-            total = _content_length(resp)
+            total = _content_length(resp, url)
             self._check_expect(url, expect, total, etag, modified)
             host = urlsplit(url).netloc
             if host not in self._ignores_ranges:
@@ -867,53 +982,95 @@ class Transport:
 
     @staticmethod
     def _check_expect(url, expect, total, etag, modified):
-        """``StaleFile`` if the reply is for another version than ``expect``.
-
-        Sizes and ETags are compared. Last-Modified is compared only when
-        ``expect`` holds an HTTP date too: fingerprints built from FTP or
-        listing mtimes (epoch strings) are not precise enough to judge.
-        """
+        """``_Disagrees`` if the reply is for another version than ``expect``
+        (the rule is :meth:`Fingerprint.change_from`); the retry loop turns
+        two such replies in a row into ``StaleFile``."""
         if expect is None:
             return
-        reason = None
-        if total is not None and total != expect.size:
-            reason = f"size {expect.size} -> {total}"
-        elif expect.etag and etag and _weakless(expect.etag) != _weakless(etag):
-            reason = f"ETag {expect.etag} -> {etag}"
-        elif not (expect.etag and etag) and expect.last_modified and modified \
-                and not expect.last_modified.strip().isdigit():
-            before, after = parse_http_date(expect.last_modified), parse_http_date(modified)
-            if before is not None and after is not None and before != after:
-                reason = f"Last-Modified {expect.last_modified} -> {modified}"
+        seen = Fingerprint(expect.size if total is None else total, etag, modified)
+        reason = expect.change_from(seen)
         if reason:
-            raise StaleFile(f"{url} changed on the archive ({reason}); reopen the file", url=url)
+            raise _Disagrees(f"{url} changed on the archive ({reason})", url=url,
+                             observed=(seen.size, seen.etag, seen.last_modified))
 
 
-def _weakless(etag: str) -> str:
-    etag = etag.strip()
-    return etag[2:] if etag.startswith("W/") else etag
+# An entity tag: optional weakness, then a quoted string of visible
+# characters without quotes (RFC 9110 section 8.8.3).
+_ETAG_RE = re.compile(r'^(W/)?"[\x21\x23-\x7e\x80-\xff]*"$')
 
 
-def _size_from_probe(resp) -> Optional[int]:
+def _validators(resp, url) -> tuple:
+    """``(etag, last_modified)`` of a reply, each checked for syntax. A
+    half-sent or doubled validator (``"e``, ``"a", "b"``) must never become
+    a file's version: it is a bad reply, and tried again."""
+    etag = resp.headers.get("ETag")
+    if etag is not None:
+        etag = etag.strip()
+        if not _ETAG_RE.match(etag):
+            raise _Transient(f"malformed ETag {etag[:80]!r} from {url}", kind="bad_validator", url=url)
+    modified = resp.headers.get("Last-Modified")
+    if modified is not None and parse_http_date(modified) is None:
+        raise _Transient(f"malformed Last-Modified {modified[:80]!r} from {url}",
+                         kind="bad_validator", url=url)
+    return etag, modified
+
+
+def _content_range(resp, url):
+    """The reply's Content-Range, parsed; a malformed one is a bad reply."""
+    try:
+        return parse_content_range(resp.headers.get("Content-Range"))
+    except BadResponse as exc:
+        raise _Transient(f"{exc} from {url}", kind="bad_range", url=url) from exc
+
+
+def _close_delimited(resp) -> bool:
+    """Does the body end only when the server closes the connection (no
+    Content-Length, no chunking)? Then a cut body cannot be told from a
+    whole one by its framing."""
+    if resp.headers.get("Content-Length") is not None:
+        return False
+    return "chunked" not in resp.headers.get("Transfer-Encoding", "").lower()
+
+
+def _caused_by(exc, kind) -> bool:
+    """Is an exception of type ``kind`` anywhere in ``exc``'s chain (causes,
+    contexts, and the ``reason``/``args`` urllib3 and requests wrap in)?"""
+    seen, todo = set(), [exc]
+    while todo:
+        item = todo.pop()
+        if not isinstance(item, BaseException) or id(item) in seen:
+            continue
+        seen.add(id(item))
+        if isinstance(item, kind):
+            return True
+        todo.extend([item.__cause__, item.__context__, getattr(item, "reason", None),
+                     *getattr(item, "args", ())])
+    return False
+
+
+def _size_from_probe(resp, url) -> Optional[int]:
     """File size from the reply to ``Range: bytes=0-0`` (body unread)."""
     if resp.status_code in (206, 416) and resp.headers.get("Content-Range"):
-        total = parse_content_range(resp.headers["Content-Range"])[2]
+        total = _content_range(resp, url)[2]
         if total is not None:
             return total
     if resp.status_code == 416:
         return 0
     if resp.status_code == 200:
-        return _content_length(resp)
+        return _content_length(resp, url)
     return None
 
 
-def _content_length(resp) -> Optional[int]:
+def _content_length(resp, url) -> Optional[int]:
+    """The reply's Content-Length; anything but one decimal number (a cut
+    or doubled header) is a bad reply, tried again."""
     value = resp.headers.get("Content-Length")
     if value is None:
         return None
     value = value.strip()
     if not value.isdigit():
-        raise BadResponse(f"malformed Content-Length {value!r}")
+        raise _Transient(f"malformed Content-Length {value[:40]!r} from {url}", kind="bad_length",
+                         url=url)
     return int(value)
 
 
@@ -922,13 +1079,25 @@ def _host(url) -> str:
 
 
 def _reason(exc) -> str:
-    """The innermost useful message of a requests/urllib3 exception chain."""
-    seen = exc
-    for _ in range(6):
-        inner = getattr(seen, "reason", None) or (seen.args[0] if getattr(seen, "args", None) else None)
-        if isinstance(inner, BaseException):
-            seen = inner
-        else:
-            break
-    text = str(seen)
+    """The innermost useful message of a requests/urllib3 exception chain,
+    in plain words: the socket's own error where there is one ("Connection
+    refused"), never a class repr such as ``<HTTPConnection(host=...)>``."""
+    seen, todo, innermost = set(), [exc], exc
+    while todo:
+        item = todo.pop(0)
+        if not isinstance(item, BaseException) or id(item) in seen:
+            continue
+        seen.add(id(item))
+        if isinstance(item, socket.gaierror):
+            return "the host name cannot be resolved"
+        if isinstance(item, OSError) and item.strerror:
+            return item.strerror
+        innermost = item
+        todo.extend([getattr(item, "reason", None), *getattr(item, "args", ()),
+                     item.__cause__, item.__context__])
+    text = _REPR_RE.sub("", str(innermost)).strip() or type(innermost).__name__
     return text if len(text) < 300 else text[:300] + "..."
+
+
+# "<HTTPConnection(host='x', port=1) at 0x7f..>: " and "HTTPConnectionPool(...): "
+_REPR_RE = re.compile(r"<[^<>]*\bat 0x[0-9a-f]+>:?\s*|\w+ConnectionPool\([^)]*\):\s*")

@@ -131,17 +131,31 @@ class Fingerprint:
         stamp = _epoch(self.last_modified)
         return f"{self.size}:{stamp if stamp is not None else (self.etag or '')}"
 
-    def matches(self, other: "Fingerprint") -> bool:
-        """Same version? Sizes must agree; ETag or Last-Modified must agree
-        where both sides have them."""
+    def change_from(self, other: "Fingerprint") -> Optional[str]:
+        """Why ``other`` is another version of the file than this one, in a
+        few words (``"size 15 -> 1560"``), or ``None`` if it may be the same.
+
+        The one rule of version comparison: sizes must agree; ETags are
+        compared (weak or strong alike) where both sides have one; otherwise
+        Last-Modified is compared, but only when this side's came from an
+        HTTP reply: FTP and listing times (epoch numbers) have coarser or
+        differently rounded clocks and would call an unchanged file changed.
+        """
         if self.size != other.size:
-            return False
+            return f"size {self.size} -> {other.size}"
         if self.etag and other.etag:
-            return _weakless(self.etag) == _weakless(other.etag)
-        mine, theirs = _epoch(self.last_modified), _epoch(other.last_modified)
-        if mine is not None and theirs is not None:
-            return mine == theirs
-        return True
+            if _weakless(self.etag) != _weakless(other.etag):
+                return f"ETag {self.etag} -> {other.etag}"
+            return None
+        if self.last_modified and other.last_modified and not str(self.last_modified).strip().lstrip("-").isdigit():
+            mine, theirs = _epoch(self.last_modified), _epoch(other.last_modified)
+            if mine is not None and theirs is not None and mine != theirs:
+                return f"Last-Modified {self.last_modified} -> {other.last_modified}"
+        return None
+
+    def matches(self, other: "Fingerprint") -> bool:
+        """Same version, by :meth:`change_from`?"""
+        return self.change_from(other) is None
 
 
 def _epoch(stamp: Optional[str]) -> Optional[int]:
@@ -159,6 +173,7 @@ def _epoch(stamp: Optional[str]) -> Optional[int]:
 
 
 def _weakless(etag: str) -> str:
+    etag = etag.strip()
     return etag[2:] if etag.startswith("W/") else etag
 
 

@@ -219,7 +219,9 @@ def test_200_instead_of_206(server, transport):
         transport.fetch_range(url(server), 100, 200)
     assert transport.fetch_range(url(server), 0, 100) == FILE[:100]
     assert transport.ignores_ranges(url(server))
-    assert transport.stats.snapshot()["retries"] == 0
+    # A whole-file reply may come from a proxy that dropped the Range header
+    # once, so it is tried again before it is given up as BadResponse.
+    assert transport.stats.snapshot()["errors_by_kind"]["ignored_range"] == transport.retry.retries + 1
 
 
 def test_wrong_content_range(server, transport):
@@ -242,7 +244,9 @@ def test_stale_file_when_rewritten(server, transport):
         fh.write(b"more")
     with pytest.raises(StaleFile, match=f"size {SIZE} -> {SIZE + 4}"):
         transport.fetch_range(u, 100, 110, expect=Fingerprint(SIZE))
-    assert transport.stats.snapshot()["retries"] == 0
+    # Each change was confirmed by one more request before it was believed.
+    stats = transport.stats.snapshot()
+    assert stats["retries"] == 2 and stats["errors_by_kind"] == {"version_mismatch": 4}
 
 
 def test_stale_when_file_shrank_past_offset(server, transport):

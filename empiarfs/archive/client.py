@@ -25,7 +25,7 @@ from ..http import Transport
 from ..model import Entry, FileInfo
 from . import accession as accessions
 from .ftp import FtpLister, FtpUnavailable
-from .listing import parse_listing
+from .listing import listing_looks_complete, parse_listing
 from .metadata import parse_entry, unwrap
 
 log = logging.getLogger(__name__)
@@ -234,7 +234,7 @@ class Archive:
             If the top listing cannot be read.
         """
         url = self.data_url + "/"
-        rows = parse_listing(self.transport.get_text(url, MAX_LISTING_BYTES), url)
+        rows = self._listing(url)
         numbers = sorted({int(r.name) for r in rows if r.is_dir and r.name.isdigit()})
         return [f"EMPIAR-{n}" for n in numbers]
 
@@ -298,11 +298,10 @@ class Archive:
         rel = clean_relpath(relpath)
         dir_url = self.file_url(acc, rel) + "/"
         try:
-            text = self.transport.get_text(dir_url, MAX_LISTING_BYTES)
+            rows = self._listing(dir_url)
         except NotFound as exc:
             where = f"{acc}/{rel}" if rel else acc
             raise NotFound(f"{where} not found in the archive", accession=acc, path=rel) from exc
-        rows = parse_listing(text, dir_url)
         exact = self._ftp_sizes(acc, rel)
         infos: dict[str, FileInfo] = {}
         for row in rows:
@@ -317,6 +316,14 @@ class Archive:
                 log.info("%s/%s: %r is on FTP but missing from the HTTP listing", acc, rel, name)
                 infos[name] = self._info(acc, rel, name, is_dir, size, mtime)
         return [infos[name] for name in sorted(infos)]
+
+    def _listing(self, dir_url: str):
+        """The rows of one listing page. A page that does not parse, or that
+        ended early, is fetched again: a proxy cutting a reply is not a
+        verdict on the directory."""
+        return self.transport.get_text(
+            dir_url, MAX_LISTING_BYTES, complete=listing_looks_complete,
+            parse=lambda text: parse_listing(text, dir_url))
 
     def resolve_sizes(self, infos: Iterable[FileInfo]) -> list[FileInfo]:
         """``infos`` with exact sizes, ETags and mtimes filled in by HEAD

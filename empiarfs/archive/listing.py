@@ -115,6 +115,16 @@ def validate_name(name: str) -> Optional[str]:
     return None
 
 
+_END_RE = re.compile(r"</(html|body)\s*>\s*$", re.I)
+
+
+def listing_looks_complete(text: str) -> bool:
+    """Does the page end as an autoindex page ends (``</body></html>``)?
+    Only asked of a body delimited by the connection closing, where a cut
+    page cannot be told from a whole one by its framing."""
+    return bool(_END_RE.search(text[-4096:]))
+
+
 def parse_listing(text: str, base_url: str) -> Listing:
     """Rows of a directory listing page.
 
