@@ -135,8 +135,8 @@ class EMPIARArchiveReader(BaseReader):
         cat = Catalog(metadata={"description": "EMPIAR entries", "api_url": settings.api_url,
                                 "data_url": settings.data_url})
         for acc in names:
-            cat[acc] = EMPIAREntryReader(data=EMPIAREntry(_SCHEME + acc, options=data.options),
-                                         metadata={"accession": acc})
+            _add(cat, acc, EMPIAREntryReader(data=EMPIAREntry(_SCHEME + acc, options=data.options),
+                                             metadata={"accession": acc}))
         return cat
 
 
@@ -171,7 +171,7 @@ class EMPIAREntryReader(BaseReader):
             source = EMPIARImageSet(_SCHEME + entry.accession, which,
                                     storage_options=data.options,
                                     metadata=dict(_plain(imageset), accession=entry.accession))
-            cat[key] = EMPIARImageSetDask(data=source)
+            _add(cat, key, EMPIARImageSetDask(data=source))
         return cat
 
 
@@ -244,6 +244,16 @@ def catalog(settings=None, accessions=None) -> Catalog:
     options = workerfs.options_from_settings(settings) if settings is not None else None
     return EMPIARArchiveReader(data=EMPIARArchive(options=options or None)).read(
         accessions=accessions)
+
+
+def _add(cat: Catalog, name: str, reader: BaseReader) -> None:
+    """Add ``reader`` to ``cat`` as ``name``, listed by ``list(cat)``.
+
+    ``cat[name] = reader`` stores it under the key ``name`` but adds no
+    alias when the key is the name, and a Catalog lists its aliases only.
+    """
+    cat[name] = reader
+    cat.aliases[name] = name
 
 
 def _plain(record, skip=()) -> dict:
