@@ -375,7 +375,8 @@ class _Handler(BaseHTTPRequestHandler):
         stats = self.owner.stats
         rng = random.Random(decision.wire_seed)
         reason = self.responses.get(status, ("",))[0]
-        reply = Reply(status, reason, [("Date", self.date_time_string()), ("Server", self.version_string())]
+        # Server and Date first, as send_response writes them.
+        reply = Reply(status, reason, [("Server", self.version_string()), ("Date", self.date_time_string())]
                       + list(fields), length)
         # whole_200 was told when the file's range was chosen.
         if decision.lie and decision.lie != "whole_200" and tell_lie(reply, decision.lie, rng):
