@@ -31,10 +31,13 @@ def settings(archive_server, tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def client():
-    # One cluster for the module: starting one costs a few seconds.
-    with LocalCluster(processes=True, n_workers=2, threads_per_worker=1,
-                      dashboard_address=None) as cluster, Client(cluster) as client:
+def client(tmp_path_factory):
+    # One cluster for the module: starting one costs a few seconds. Its
+    # scratch space goes to pytest's tmp, not /tmp/dask-scratch-space.
+    scratch = str(tmp_path_factory.mktemp("dask-scratch"))
+    with dask.config.set({"temporary-directory": scratch}), \
+            LocalCluster(processes=True, n_workers=2, threads_per_worker=1,
+                         dashboard_address=None) as cluster, Client(cluster) as client:
         yield client
 
 
