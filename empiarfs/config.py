@@ -14,6 +14,7 @@ import os
 import re
 from dataclasses import dataclass, fields
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from .errors import InvalidInput
 
@@ -114,6 +115,10 @@ class Settings:
     # Hosts redirects may lead to, besides those of the configured URLs.
     allowed_redirect_hosts: tuple = ()
     log_level: str = "WARNING"
+    # A site cache (`empiarfs site-cache`, http://host:port) that takes the
+    # API and data requests, paths unchanged; the origin when it fails.
+    # Empty: talk to the archive directly.
+    site_cache: str = ""
 
     def replace(self, **changes) -> "Settings":
         """A copy with ``changes`` applied; ``None`` values are ignored."""
@@ -179,6 +184,24 @@ _SIZE_FIELDS = {"cache_size", "memory_cache", "block_size", "max_request", "read
                 "kernel_readahead"}
 
 
+def _site_cache_url(value) -> str:
+    """``""`` or ``http(s)://host[:port]`` without a path: requests keep
+    their own paths on the site cache."""
+    text = str(value or "").strip().rstrip("/")
+    if not text:
+        return ""
+    try:
+        parts = urlsplit(text)
+        parts.port  # noqa: B018 - raises ValueError on a bad port
+    except ValueError:
+        parts = None
+    if (parts is None or parts.scheme not in ("http", "https") or not parts.hostname
+            or parts.path or parts.query or parts.fragment or parts.username):
+        raise InvalidInput(f"setting site_cache: want http://HOST:PORT (the site cache's root), "
+                           f"not {value!r}")
+    return text
+
+
 def _coerce(settings: Settings) -> Settings:
     """Turn strings from files and the environment into typed values."""
     changes = {}
@@ -203,6 +226,8 @@ def _coerce(settings: Settings) -> Settings:
             changes[f.name] = tuple(h.strip() for h in value.split(",") if h.strip())
         elif f.name in ("api_url", "data_url", "ftp_url") and isinstance(value, str):
             changes[f.name] = value.rstrip("/")
+        elif f.name == "site_cache":
+            changes[f.name] = _site_cache_url(value)
     result = dataclasses.replace(settings, **changes)
     if result.block_size < 4 * KiB or result.block_size & (result.block_size - 1):
         raise InvalidInput(f"block size must be a power of two >= 4K, not {result.block_size}")

@@ -54,6 +54,7 @@ from requests.adapters import HTTPAdapter
 from .config import Settings
 from .errors import BadResponse, DeadlineExceeded, NotFound, RemoteError, StaleFile
 from .model import Fingerprint
+from .remote.site_route import Route, SiteRoute
 
 log = logging.getLogger(__name__)
 
@@ -208,6 +209,7 @@ class TransportStats:
         self._lock = threading.Lock()
         self._counts = dict.fromkeys(self._NAMES, 0)
         self._errors: dict[str, int] = {}
+        self.site: Optional[SiteRoute] = None   # its counters join the snapshot
 
     def add(self, name: str, n: int = 1) -> None:
         with self._lock:
@@ -225,6 +227,8 @@ class TransportStats:
             out = dict(self._counts)
             out["bytes_received"] = out["bytes"]
             out["errors_by_kind"] = dict(self._errors)
+        if self.site is not None:
+            out["site_cache"] = self.site.snapshot()
         return out
 
 
@@ -256,6 +260,13 @@ _UNTRUSTED_KINDS = frozenset({
     "truncated", "cut_headers", "bad_headers", "bad_length", "bad_validator", "bad_range",
     "ignored_range", "incomplete", "version_mismatch",
 })
+
+
+# Failure kinds that mean the site cache itself failed (down, cut, stalled,
+# garbled): the request's next attempt goes to the origin. An HTTP status
+# is an answer: the site cache works and passes on what the origin said.
+_SITE_FAILURES = frozenset({"connection", "connect_timeout", "stall", "truncated", "cut_headers",
+                            "bad_headers", "incomplete"})
 
 
 class _Disagrees(_Transient):
@@ -473,6 +484,12 @@ class Transport:
         # Hosts redirects may lead to.
         hosts = {urlsplit(u).hostname for u in (settings.api_url, settings.data_url) if u}
         hosts.update(h.lower() for h in settings.allowed_redirect_hosts)
+        # Archive requests go to the site cache while it works (per attempt).
+        self.site = SiteRoute(settings.site_cache, (settings.api_url, settings.data_url)) \
+            if settings.site_cache else None
+        self.stats.site = self.site
+        if self.site is not None:
+            hosts.add(self.site.site_host)
         self._redirect_hosts = {h.lower() for h in hosts if h}
         self._hedge_pool = ThreadPoolExecutor(
             max_workers=HEDGE_ATTEMPTS * pool + 2, thread_name_prefix="empiarfs-http"
@@ -638,9 +655,14 @@ class Transport:
             raise ValueError(f"bad range [{start}, {end})")
         pieces = []
         pos = start
+        # The site cache keys data by the version asked for (If-Match), so a
+        # changed file gets new keys; a weak ETag names no exact version.
+        site_headers = None
+        if expect is not None and expect.etag and not expect.etag.strip().startswith("W/"):
+            site_headers = {"If-Match": expect.etag.strip()}
         while pos < end:
             piece, total = self._request(
-                "GET", url, deadline=deadline, hedge=True,
+                "GET", url, deadline=deadline, hedge=True, site_headers=site_headers,
                 headers={"Range": f"bytes={pos}-{end - 1}", "Accept-Encoding": "identity"},
                 consume=lambda resp, final, ctl, pos=pos: self._consume_range(
                     resp, final, pos, end, expect, ctl
@@ -678,7 +700,7 @@ class Transport:
     # -- retry loop -----------------------------------------------------------
 
     def _request(self, method, url, *, consume, headers=None, data=None, idempotent=None,
-                 deadline=None, hedge=None):
+                 deadline=None, hedge=None, site_headers=None):
         # Every GET and HEAD is hedged: a listing or an entry record that
         # never answers (1 request in 30 at EMPIAR) would otherwise hold an
         # `ls` for the whole stall timeout.
@@ -689,11 +711,21 @@ class Transport:
         while True:
             if deadline is not None and time.monotonic() >= deadline:
                 raise DeadlineExceeded(f"deadline passed before {method} {url} completed", url=url)
+            route = self.site.route(url) if self.site is not None else None
+            target, sent = url, headers
+            if route is not None and route.via_site:
+                target = route.url
+                if site_headers:
+                    sent = {**(headers or {}), **site_headers}
             try:
                 if hedge and self.settings.hedge_after > 0:
-                    return self._hedged(method, url, headers, data, consume, deadline)
-                return self._attempt(method, url, headers, data, consume, deadline, None)
+                    result = self._hedged(method, target, sent, data, consume, deadline)
+                else:
+                    result = self._attempt(method, target, sent, data, consume, deadline, None)
+                self._routed(route)
+                return result
             except _Transient as exc:
+                self._routed(route, exc)
                 self.stats.error(exc.kind)
                 if isinstance(exc, _Disagrees):
                     if exc.observed == disagreed:
@@ -711,6 +743,21 @@ class Transport:
                 log.info("retrying %s %s in %.2fs (%s)", method, url, delay, exc.args[0])
                 self.stats.add("retries")
                 time.sleep(delay)
+            except BaseException as exc:
+                self._routed(route, exc)
+                raise
+
+    def _routed(self, route: Optional[Route], exc: Optional[BaseException] = None) -> None:
+        """Tell the site router how an attempt via ``route`` went."""
+        if route is None or not route.via_site:
+            return
+        if isinstance(exc, _Transient) and exc.kind in _SITE_FAILURES:
+            self.site.report(route, False, exc.args[0])
+        elif isinstance(exc, (DeadlineExceeded, _Cancelled)) or (
+                exc is not None and not isinstance(exc, RemoteError)):
+            self.site.forget_probe(route)   # no verdict on the site cache
+        else:
+            self.site.report(route, True)
 
     def _hedged(self, method, url, headers, data, consume, deadline):
         """Run one attempt; while no attempt has response headers, race
@@ -872,6 +919,11 @@ class Transport:
             return
         if status in (404, 410):
             raise NotFound(f"not found in the archive: {original}", path=original)
+        if status == 412:
+            # Only If-Match (sent to a site cache) is conditional here: the
+            # file is no longer the version asked for.
+            raise _Disagrees(f"{original} changed on the archive (precondition failed)",
+                             url=current, observed=("412",))
         if status in self.retry.statuses:
             raise _Transient(
                 f"HTTP {status} from {current}", kind=f"http_{status}", url=current, status=status,

@@ -49,9 +49,21 @@ def os_error_text(exc: OSError) -> str:
     return one_line(exc)
 
 
+def _remember_site_cache(ctx, _param, value):
+    # Kept beside the other options' values without becoming a parameter
+    # of every command: settings_from() picks it up.
+    if value is not None:
+        ctx.ensure_object(dict)["site_cache"] = value
+    return value
+
+
 def archive_options(func):
-    """--api-url/--data-url/--ftp-url, shared by every command that talks
-    to the archive. Values also come from EMPIARFS_API_URL etc."""
+    """--api-url/--data-url/--ftp-url/--site-cache, shared by every command
+    that talks to the archive. Values also come from EMPIARFS_API_URL etc."""
+    func = click.option("--site-cache", default=None, metavar="URL", expose_value=False,
+                        callback=_remember_site_cache,
+                        help="Site cache (http://HOST:PORT) to send archive requests to; "
+                             "the archive itself when it is down. Env: EMPIARFS_SITE_CACHE.")(func)
     func = click.option("--ftp-url", default=None, metavar="URL",
                         help="Anonymous FTP base ('' disables FTP). Env: EMPIARFS_FTP_URL.")(func)
     func = click.option("--data-url", default=None, metavar="URL",
@@ -63,6 +75,7 @@ def archive_options(func):
 
 def settings_from(ctx_obj: dict, **overrides) -> Settings:
     """Settings from file/env plus command-line overrides (None = unset)."""
+    overrides.setdefault("site_cache", ctx_obj.get("site_cache"))
     return Settings.load(config_file=ctx_obj.get("config"), **overrides)
 
 
@@ -127,6 +140,7 @@ COMMAND_MODULES = [
     "mount",
     "export",
     "serve",
+    "site_cache",
 ]
 
 _load_commands()

@@ -1,0 +1,1 @@
+"""Talking to the archive: routing between a site cache and the origin."""

@@ -1,0 +1,1 @@
+"""Tools around the filesystem: site cache configuration and the like."""
