@@ -36,6 +36,7 @@ from .archive import accession as accessions
 from .errors import EmpiarfsError, InvalidInput, NotFound, RemoteError
 from .metastore import MetaStore
 from .model import Entry, FileInfo
+from .paths import path_parts
 
 log = logging.getLogger(__name__)
 
@@ -69,16 +70,6 @@ class Node:
         return self.kind == "dir"
 
 
-def split_path(path: str) -> list[str]:
-    """``"/EMPIAR-1/data/x"`` -> ``["EMPIAR-1", "data", "x"]``; refuses
-    ``.``, ``..`` and NUL so no path can climb out of its entry."""
-    parts = [p for p in path.split("/") if p]
-    for part in parts:
-        if part in (".", "..") or "\x00" in part:
-            raise InvalidInput(f"invalid path component {part!r} in {path!r}")
-    return parts
-
-
 class Catalog:
     """Answers ``lookup``/``listdir``/``content`` for mount paths."""
 
@@ -109,7 +100,10 @@ class Catalog:
         RemoteError
             If the archive must be asked and cannot answer.
         """
-        parts = split_path(path)
+        try:
+            parts = path_parts(path)
+        except InvalidInput:
+            return None  # no archive name has control characters: absent, not invalid
         if not parts:
             return Node("dir", "", "", mtime=self._root_mtime())
         if parts[0] == CONTROL_DIR:
@@ -137,7 +131,7 @@ class Catalog:
         NotFound
             If ``path`` is not a directory.
         """
-        parts = split_path(path)
+        parts = path_parts(path)
         if not parts:
             names = [Node("dir", a, a, accession=a) for a in self._accessions()]
             return [Node("dir", CONTROL_DIR, CONTROL_DIR)] + names

@@ -42,7 +42,9 @@ from typing import Iterable, Protocol
 
 from .errors import BadResponse, EmpiarfsError, InvalidInput, RemoteError, StaleFile
 from .model import Fingerprint
-from .select import clean_relpath, split_target
+from . import ranges
+from .paths import clean_relpath
+from .select import split_target
 
 log = logging.getLogger(__name__)
 
@@ -139,7 +141,7 @@ def parse_list_line(line: str, settings) -> tuple[str, str] | None:
     number, _, relpath = rest.lstrip("/").partition("/")
     from .archive.accession import normalize
 
-    relpath = clean_relpath(relpath)
+    relpath = clean_relpath(relpath.lstrip("/"))  # EMPIAR's URLs carry ``10934//x``
     if not relpath:
         raise InvalidInput(f"URL {text!r} names an entry directory, not a file")
     return normalize(number), relpath
@@ -273,35 +275,6 @@ class PlanItem:
     error: str | None = None
 
 
-# -- ranges bookkeeping (pure) -----------------------------------------------
-
-
-def merge_ranges(ranges: Iterable) -> list[list[int]]:
-    """Sorted, merged ``[start, end)`` ranges."""
-    out: list[list[int]] = []
-    for start, end in sorted((int(s), int(e)) for s, e in ranges if e > s):
-        if out and start <= out[-1][1]:
-            out[-1][1] = max(out[-1][1], end)
-        else:
-            out.append([start, end])
-    return out
-
-
-def missing_pieces(size: int, done: list, piece: int) -> list[tuple[int, int]]:
-    """Pieces ``[start, end)`` of at most ``piece`` bytes not covered by
-    ``done`` (merged ranges), in file order."""
-    pieces = []
-    cursor = 0
-    for start, end in merge_ranges(done) + [[size, size]]:
-        start, end = min(start, size), min(end, size)
-        while cursor < start:
-            stop = min(cursor + piece, start)
-            pieces.append((cursor, stop))
-            cursor = stop
-        cursor = max(cursor, end)
-    return pieces
-
-
 # -- sidecar --------------------------------------------------------------
 
 
@@ -324,7 +297,7 @@ def _write_sidecar(path: Path, url: str, fp: Fingerprint, done: list) -> None:
     # Atomic replace: a crash leaves either the old or the new record.
     tmp = path.with_name(path.name + ".tmp")
     payload = {"version": _SIDECAR_VERSION, "url": url, "fingerprint": _fp_dict(fp),
-               "done": merge_ranges(done)}
+               "done": [list(r) for r in ranges.merge(done)]}
     with open(tmp, "w") as handle:
         json.dump(payload, handle)
     os.replace(tmp, path)
@@ -344,7 +317,7 @@ def _sidecar_matches(data: dict | None, fp: Fingerprint) -> bool:
 def _present_bytes(data: dict | None) -> int:
     if not data:
         return 0
-    return sum(e - s for s, e in merge_ranges(data.get("done") or []))
+    return ranges.total(data.get("done") or [])
 
 
 # -- the downloader -----------------------------------------------------------
@@ -537,7 +510,7 @@ class Downloader:
         except OSError as exc:
             raise _output_error(exc, part) from exc
         created_now = not resumable
-        state = _PartState(done=merge_ranges(side.get("done") or []) if resumable else [])
+        state = _PartState(done=ranges.merge(side.get("done") or []) if resumable else [])
         try:
             try:
                 if os.fstat(fd).st_size != fp.size:
@@ -549,7 +522,7 @@ class Downloader:
                 raise _output_error(exc, part) from exc
             present = sum(e - s for s, e in state.done)
             self.listener.started(target, fp.size, present)
-            pieces = missing_pieces(fp.size, state.done, self.piece_size)
+            pieces = ranges.gaps(fp.size, state.done, self.piece_size)
             self._fetch_pieces(target, fp, fd, pieces, state, side_path)
             try:
                 os.fsync(fd)
@@ -603,7 +576,7 @@ class Downloader:
             except OSError as exc:
                 raise _output_error(exc, side_path.with_suffix("")) from exc
             with state.lock:
-                state.done = merge_ranges(state.done + [[start, end]])
+                state.done = ranges.merge(state.done + [(start, end)])
                 if from_cache:
                     state.from_cache += len(data)
                 else:
@@ -725,5 +698,5 @@ def targets_from_lines(lines: Iterable[str], archive, settings) -> list[Target]:
 __all__ = [
     "Downloader", "DiskCacheSource", "Target", "FileResult", "Summary", "PlanItem", "Listener", "CacheSource",
     "OutputError", "destination", "parse_list_line", "targets_for", "targets_from_lines",
-    "merge_ranges", "missing_pieces", "read_sidecar",
+    "read_sidecar",
 ]

@@ -27,6 +27,7 @@ from typing import Callable, Iterable, Iterator
 
 from .errors import InvalidInput, NotFound
 from .model import FileInfo
+from .paths import clean_relpath
 
 log = logging.getLogger(__name__)
 
@@ -196,22 +197,8 @@ def split_target(text: str) -> tuple[str, str]:
 
     text = text.strip()
     head, _, rest = text.lstrip("/").partition("/")
-    return normalize(head), clean_relpath(rest)
-
-
-def clean_relpath(path: str) -> str:
-    """Normalise a path relative to an entry: no leading/trailing or
-    doubled ``/`` (EMPIAR's own URLs carry ``10934//data``), no ``..``.
-
-    Raises
-    ------
-    InvalidInput
-        If the path tries to leave the entry with ``..``.
-    """
-    parts = [p for p in path.split("/") if p not in ("", ".")]
-    if ".." in parts:
-        raise InvalidInput(f"'..' is not allowed in archive paths: {path!r}")
-    return "/".join(parts)
+    # EMPIAR's own URLs carry a doubled slash (``10934//data``).
+    return normalize(head), clean_relpath(rest.lstrip("/"))
 
 
 def find(archive, accession: str, relpath: str = "") -> FileInfo | None:

@@ -9,7 +9,7 @@ import socket
 
 import pytest
 
-from empiarfs.archive.client import Archive, clean_relpath, compress_spec
+from empiarfs.archive.client import Archive, compress_spec
 from empiarfs.errors import BadResponse, InvalidInput, NotFound
 from empiarfs.server import ArchiveServer
 
@@ -271,17 +271,6 @@ def test_ftp_url_default(tmp_path, settings_for, archive_server):
     with Archive(settings_for(archive_server, tmp_path, ftp_url="")) as archive:
         assert archive.file_url("EMPIAR-10002", "data/a b", scheme="ftp") \
             == "ftp://ftp.ebi.ac.uk/empiar/world_availability/10002/data/a%20b"
-
-
-@pytest.mark.parametrize("path,expected", [("", ""), ("data/", "data"), ("data//a b/./c", "data/a b/c")])
-def test_clean_relpath(path, expected):
-    assert clean_relpath(path) == expected
-
-
-@pytest.mark.parametrize("path", ["/data", "..", "data/../..", "a/\x00", "a\x1fb"])
-def test_clean_relpath_rejects(path):
-    with pytest.raises(InvalidInput):
-        clean_relpath(path)
 
 
 def test_compress_spec():

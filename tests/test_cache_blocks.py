@@ -3,7 +3,7 @@
 import pytest
 
 from empiarfs.cache.blocks import (
-    Request, block_count, block_span, blocks_for, coalesce, merge_ranges,
+    Request, block_count, block_span, blocks_for, coalesce,
 )
 
 BS = 256 * 1024
@@ -71,9 +71,3 @@ def test_coalesce_max_request_below_block_gives_single_blocks():
 
 def test_coalesce_empty():
     assert coalesce([], BS, 8 * BS, 10 * BS) == []
-
-
-def test_merge_ranges():
-    assert merge_ranges([0, 1, 3, 5, 4, 99], BS, 5 * BS + 10) == [
-        (0, 2 * BS), (3 * BS, 5 * BS + 10)]
-    assert merge_ranges([], BS, 10) == []

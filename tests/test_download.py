@@ -17,8 +17,8 @@ import pytest
 from empiarfs.archive.client import Archive
 from empiarfs.config import Settings
 from empiarfs.download import (
-    DiskCacheSource, Downloader, OutputError, Target, destination, merge_ranges,
-    missing_pieces, parse_list_line, read_sidecar, targets_for,
+    DiskCacheSource, Downloader, OutputError, Target, destination,
+    parse_list_line, read_sidecar, targets_for,
 )
 from empiarfs.errors import InvalidInput
 from empiarfs.fs import EmpiarFS
@@ -37,14 +37,6 @@ def truth(manifest, entry, path):
 
 
 # -- pure logic ---------------------------------------------------------------
-
-
-def test_ranges_and_pieces():
-    assert merge_ranges([[5, 7], [0, 2], [2, 3], [6, 9]]) == [[0, 3], [5, 9]]
-    assert missing_pieces(10, [], 4) == [(0, 4), (4, 8), (8, 10)]
-    assert missing_pieces(10, [[2, 5]], 4) == [(0, 2), (5, 9), (9, 10)]
-    assert missing_pieces(10, [[0, 10]], 4) == []
-    assert missing_pieces(0, [], 4) == []
 
 
 def test_list_lines():

@@ -10,7 +10,7 @@ import pytest
 
 from empiarfs.archive.client import Archive
 from empiarfs.errors import InvalidInput, NotFound
-from empiarfs.select import Selector, clean_relpath, select_paths, split_target, walk
+from empiarfs.select import Selector, select_paths, split_target, walk
 
 PATHS = [
     "10002.xml",
@@ -82,9 +82,9 @@ def test_bad_options():
 def test_targets_and_paths():
     assert split_target("empiar-10002//data/x.mrcs") == ("EMPIAR-10002", "data/x.mrcs")
     assert split_target("10002") == ("EMPIAR-10002", "")
-    assert clean_relpath("/data//a b/./x/") == "data/a b/x"
+    assert split_target("EMPIAR-10002/data//a b/./x/") == ("EMPIAR-10002", "data/a b/x")
     with pytest.raises(InvalidInput):
-        clean_relpath("data/../../etc")
+        split_target("EMPIAR-10002/data/../../etc")
     with pytest.raises(InvalidInput):
         split_target("nope/data")
 

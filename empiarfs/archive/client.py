@@ -23,6 +23,7 @@ from ..config import DEFAULT_FTP_URL, Settings
 from ..errors import BadResponse, InvalidInput, NotFound, RemoteError
 from ..http import Transport
 from ..model import Entry, FileInfo
+from ..paths import clean_relpath
 from . import accession as accessions
 from .ftp import FtpLister, FtpUnavailable
 from .listing import listing_looks_complete, parse_listing
@@ -34,26 +35,6 @@ BATCH_CHUNK = 500
 HEAD_WORKERS = 16
 MAX_LISTING_BYTES = 64 * 1024 * 1024
 _SAFE = "-._~,"  # kept as is in URL path segments; everything else is %-encoded
-
-
-def clean_relpath(relpath) -> str:
-    """Validate a path relative to an entry root: ``"data//a b/"`` ->
-    ``"data/a b"``; ``""`` is the entry root.
-
-    Raises
-    ------
-    InvalidInput
-        On absolute paths, ``..`` segments, NUL or other control bytes.
-    """
-    text = "" if relpath is None else str(relpath)
-    if text.startswith("/"):
-        raise InvalidInput(f"path must be relative to the entry root, not absolute: {text!r}")
-    if any(ord(c) < 32 or ord(c) == 127 for c in text):
-        raise InvalidInput(f"path contains a NUL or control character: {text!r}")
-    parts = [p for p in text.split("/") if p not in ("", ".")]
-    if ".." in parts:
-        raise InvalidInput(f"path may not contain '..': {text!r}")
-    return "/".join(parts)
 
 
 def compress_spec(numbers: Iterable[int]) -> str:

@@ -94,19 +94,3 @@ def coalesce(
     if run_first is not None:
         flush()
     return requests
-
-
-def merge_ranges(indices: Iterable[int], block_size: int, file_size: int) -> list[tuple[int, int]]:
-    """Byte ranges ``[(start, end), ...]`` covered by the given blocks, with
-    adjacent blocks merged (for ``cached_ranges``)."""
-    ranges: list[tuple[int, int]] = []
-    for index in sorted(set(indices)):
-        start = index * block_size
-        if start >= file_size or index < 0:
-            continue
-        end = min(start + block_size, file_size)
-        if ranges and ranges[-1][1] == start:
-            ranges[-1] = (ranges[-1][0], end)
-        else:
-            ranges.append((start, end))
-    return ranges

@@ -66,7 +66,7 @@ from typing import Optional, Union
 
 from ..errors import EmpiarfsError
 from ..model import Fingerprint
-from .blocks import merge_ranges
+from .. import ranges
 
 log = logging.getLogger(__name__)
 
@@ -621,7 +621,7 @@ class DiskStore:
             if record is None or record.size is None:
                 return []
             indices = list(self._by_fid.get(record.fid, ()))
-            return merge_ranges(indices, self.block_size, record.size)
+            return ranges.of_blocks(indices, self.block_size, record.size)
 
     def drop_file(self, url: str) -> int:
         """Delete every block of ``url``; returns how many were deleted.

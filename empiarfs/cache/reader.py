@@ -53,7 +53,8 @@ from typing import Callable, Optional
 
 from ..errors import BadResponse, DeadlineExceeded, RemoteError, StaleFile
 from ..model import Fingerprint
-from .blocks import Request, blocks_for, coalesce, merge_ranges
+from .. import ranges
+from .blocks import Request, blocks_for, coalesce
 from .disk import DiskStore
 from .memory import MemoryLRU
 from .stats import ReaderStats
@@ -594,10 +595,10 @@ class BlockReader:
         """Byte ranges of this file version held in memory or on disk."""
         fid = (key.url, key.fingerprint.key())
         indices = set(self.memory.indices(fid))
-        ranges = merge_ranges(indices, self._bs, key.size)
+        spans = ranges.of_blocks(indices, self._bs, key.size)
         if self.disk is not None and self.disk.fingerprint_key(key.url) == fid[1]:
-            ranges = _union(ranges + self.disk.cached_ranges(key.url))
-        return ranges
+            spans = ranges.merge(spans + self.disk.cached_ranges(key.url))
+        return spans
 
     def close(self, timeout: float = 5.0) -> None:
         """Stop the pool: queued jobs are cancelled and their readers fail;
@@ -641,13 +642,3 @@ class BlockReader:
 
     def __exit__(self, *exc) -> None:
         self.close()
-
-
-def _union(ranges: list[tuple[int, int]]) -> list[tuple[int, int]]:
-    merged: list[tuple[int, int]] = []
-    for start, end in sorted(ranges):
-        if merged and start <= merged[-1][1]:
-            merged[-1] = (merged[-1][0], max(merged[-1][1], end))
-        else:
-            merged.append((start, end))
-    return merged
