@@ -583,7 +583,7 @@ def test_mount_sizes_from_ftp_under_every_kind(archive_server, faults, manifest,
 
 @pytest.fixture(scope="module")
 def flaky_archive():
-    """A sample (300 small TIFFs and every other kind of file) served by
+    """A sample (1,000 small TIFFs and every other kind of file) served by
     Apache for the data tree and the project server for the API, each
     behind a proxy that cuts 1 reply in 20 at any byte and stalls 1 in 30."""
     reason = unavailable_reason()
@@ -591,7 +591,7 @@ def flaky_archive():
         pytest.skip(reason)
     root = tempfile.mkdtemp(prefix="empiarfs-flaky-")
     os.chmod(root, 0o755)
-    manifest = make_sample(root, seed=0, many_files=300)
+    manifest = make_sample(root, seed=0, many_files=1000)
     try:
         with ApacheTwin(root) as apache, ArchiveServer(root) as server, \
                 FaultProxy(apache.url, seed=20) as data_proxy, FaultProxy(server.url, seed=30) as api_proxy:
