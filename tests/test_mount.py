@@ -6,11 +6,13 @@ twin), compares bytes with the sample's manifest, and unmounts.
 
 from __future__ import annotations
 
+import ctypes.util
 import errno
 import hashlib
 import json
 import os
 import random
+import re
 import shutil
 import subprocess
 import threading
@@ -24,7 +26,7 @@ import starfile
 import tifffile
 
 from empiarfs.server import ArchiveServer
-from support.mounting import mounted, requires_fuse, sha256_of, stats
+from support.mounting import EMPIARFS, mount_args, mounted, requires_fuse, sha256_of, stats, unmount
 
 pytestmark = [requires_fuse, pytest.mark.fuse]
 
@@ -363,3 +365,126 @@ def test_apache_twin_mount(apache_twin, archive_server, settings_for, manifest, 
             path = os.path.join(mnt, key)
             assert os.stat(path).st_size == f["size"], key
             assert sha256_of(path) == f["sha256"], key
+
+
+# ------------------------------------------------ libfuse 3 and user errors
+
+
+def _cli(*args, env=None, timeout=60):
+    return subprocess.run([EMPIARFS, *args], capture_output=True, text=True, timeout=timeout,
+                          env=dict(os.environ, **(env or {})))
+
+
+def _one_error(result, *words) -> str:
+    assert "Traceback" not in result.stderr + result.stdout, result.stderr
+    assert result.returncode == 1, (result.returncode, result.stderr)
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("empiarfs: error: "), result.stderr
+    for word in words:
+        assert word in lines[0], (word, lines[0])
+    return lines[0]
+
+
+def _wait_gone(pid, timeout=15.0):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            with open(f"/proc/{pid}/stat") as handle:
+                if handle.read().rsplit(")", 1)[1].split()[0] == "Z":
+                    return
+        except FileNotFoundError:
+            return
+        time.sleep(0.05)
+    pytest.fail(f"mount daemon {pid} still running {timeout} s after unmount")
+
+
+def _libfuse2():
+    found = ctypes.util.find_library("fuse")
+    assert found and ".so.2" in found, \
+        "libfuse 2 must be installed beside libfuse 3 for this test (scripts/setup installs libfuse2)"
+    return found
+
+
+def test_background_mount_loads_libfuse3_beside_libfuse2(settings, manifest, tmp_path):
+    """mfusepy alone loads libfuse 2 when both are installed, which refuses
+    libfuse 3's options (`fuse: unknown option 'max_threads=64'`)."""
+    _libfuse2()
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    result = _cli("mount", str(mnt), *mount_args(settings))
+    try:
+        assert result.returncode == 0, result.stderr
+        assert "Traceback" not in result.stderr
+        pid = int(re.search(r"\(pid (\d+),", result.stdout).group(1))
+        with open(f"/proc/{pid}/maps") as handle:
+            libraries = {line.split()[-1] for line in handle if "libfuse" in line}
+        assert any("libfuse3.so.3" in name for name in libraries), libraries
+        assert not any("libfuse.so.2" in name for name in libraries), libraries
+        key = next(k for k, f in _by_entry(manifest).items() if k.endswith(".mrcs"))
+        assert sha256_of(os.path.join(mnt, key)) == _by_entry(manifest)[key]["sha256"]
+    finally:
+        unmount(mnt)
+    _wait_gone(pid)
+
+
+def test_fuse_library_path_is_respected(settings, tmp_path):
+    """A user's FUSE_LIBRARY_PATH wins; naming libfuse 2 there is one clear line."""
+    libfuse2 = _libfuse2()
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    for foreground in (("-f",), ()):
+        result = _cli("mount", *foreground, str(mnt), *mount_args(settings),
+                      env={"FUSE_LIBRARY_PATH": libfuse2})
+        _one_error(result, "libfuse 2 was loaded", libfuse2, "FUSE_LIBRARY_PATH", "libfuse 3")
+        assert not os.path.ismount(mnt)
+
+
+def test_second_mount_on_the_same_cache_is_one_line(settings, tmp_path):
+    with mounted(settings, tmp_path / "first"):
+        second = tmp_path / "second"
+        second.mkdir()
+        for foreground in ((), ("-f",)):
+            result = _cli("mount", *foreground, str(second), *mount_args(settings))
+            _one_error(result, "is in use by process")
+            assert not os.path.ismount(second)
+
+
+def test_nonempty_mounts_over_files_and_gives_them_back(settings, tmp_path):
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    (mnt / "results.txt").write_text("mine\n")
+    with mounted(settings, mnt, "--nonempty"):
+        names = os.listdir(mnt)
+        assert "EMPIAR-10002" in names and "results.txt" not in names
+    assert (mnt / "results.txt").read_text() == "mine\n"
+
+
+def test_read_error_on_a_dead_network_is_said_once_and_kept_in_stats(manifest, settings_for,
+                                                                      tmp_path, free_server):
+    server = free_server()
+    settings = settings_for(server, tmp_path, deadline=4.0, stall_timeout=1.0,
+                            connect_timeout=1.0, retries=1, hedge_after=0.5, backoff_max=0.1)
+    key = next(k for k, f in _by_entry(manifest).items() if k.endswith(".mrcs"))
+    log_path = tmp_path / "mnt.log"
+    with mounted(settings, tmp_path / "mnt") as mnt:
+        os.stat(os.path.join(mnt, key))                 # metadata cached, data not
+        server.stop()
+        for _ in range(2):
+            with pytest.raises(OSError) as info:
+                with open(os.path.join(mnt, key), "rb") as handle:
+                    handle.read()
+            assert info.value.errno == errno.EIO
+        errors = stats(mnt)["last_errors"]
+        shown = _cli("stats", str(mnt))
+    said = [line for line in log_path.read_text().splitlines() if f"/{key} failed" in line]
+    assert len(said) == 1, log_path.read_text()
+    assert "WARNING" in said[0] and "read" in said[0] and "EIO" in said[0]
+    assert len(errors) == 1, errors
+    assert errors[0]["path"] == f"/{key}" and errors[0]["op"] == "read"
+    assert errors[0]["count"] >= 2 and errors[0]["error"] == "EIO"
+    assert str(server.port) in errors[0]["reason"], errors[0]    # names what could not be reached
+    assert "_Tracked" not in errors[0]["reason"] and "\n" not in errors[0]["reason"]
+    assert errors[0]["reason"] in said[0]
+    assert shown.returncode == 0, shown.stderr
+    text = shown.stdout.split("last errors:", 1)[1]
+    assert f"read /{key}: {errors[0]['reason']}" in text
