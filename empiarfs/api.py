@@ -15,8 +15,9 @@ Archive paths use one module-level :class:`EmpiarFS`, created on first use
 from :meth:`Settings.load` (or from :func:`configure`); each verb also
 takes ``fs=`` to use a specific one. It uses the disk block cache in
 ``Settings.cache_dir`` when no other process holds it; while a mount owns
-that cache, it runs on its memory cache (read through the mount's paths
-instead to share the mount's cache). A forked child process (a DataLoader
+that cache, or when the directory cannot be written, it logs one warning
+and runs on its memory cache (read through the mount's paths instead to
+share the mount's cache). A forked child process (a DataLoader
 worker) gets its own, as sockets and threads do not survive a fork.
 """
 
