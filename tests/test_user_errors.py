@@ -111,6 +111,14 @@ def test_get_warns_and_downloads_without_the_cache(env, unwritable, tmp_path, sa
                        "rb").read()
 
 
+def test_writing_under_a_file_is_one_line(env, unwritable):
+    """An operating-system error from any command is one line naming the path."""
+    one_error(cli("sample", unwritable, env=env), unwritable, "Not a directory")
+    target = os.path.join(unwritable, "10002.yaml")
+    one_error(cli("export", "EMPIAR-10002", "-o", target, env=env),
+              f"cannot write {target}: Not a directory")
+
+
 # ---------------------------------------------------------------- config
 
 

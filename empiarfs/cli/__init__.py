@@ -42,7 +42,7 @@ def one_line(exc: BaseException) -> str:
 
 
 def os_error_text(exc: OSError) -> str:
-    """``cannot write /x/y: Permission denied`` rather than ``[Errno 13] ...``."""
+    """``/x/y: Permission denied`` rather than ``[Errno 13] Permission denied: '/x/y'``."""
     if exc.strerror and exc.filename is not None:
         where = f"{exc.filename} -> {exc.filename2}" if exc.filename2 is not None else exc.filename
         return f"{where}: {exc.strerror}"

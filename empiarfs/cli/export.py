@@ -113,5 +113,5 @@ def _write(text: str, output) -> None:
         with open(output, "w", encoding="utf-8") as handle:
             handle.write(text)
     except OSError as exc:
-        raise EmpiarfsError(f"cannot write {output}: {exc}") from exc
+        raise EmpiarfsError(f"cannot write {output}: {exc.strerror or exc}") from None
     log.info("wrote %s", output)
