@@ -488,3 +488,26 @@ def test_read_error_on_a_dead_network_is_said_once_and_kept_in_stats(manifest, s
     assert shown.returncode == 0, shown.stderr
     text = shown.stdout.split("last errors:", 1)[1]
     assert f"read /{key}: {errors[0]['reason']}" in text
+
+
+def test_quiet_foreground_mount_says_nothing(settings, tmp_path):
+    """Without -v a healthy mount is silent, so an error is the only line a
+    user sees (libfuse 3.14.0 printed 'Ignoring invalid max threads value
+    4294967295' on every mount until max_idle_threads was set)."""
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    err_path = tmp_path / "stderr.txt"
+    with open(err_path, "wb") as err:
+        proc = subprocess.Popen([EMPIARFS, "mount", "-f", str(mnt), *mount_args(settings)],
+                                stdout=err, stderr=err)
+    try:
+        deadline = time.monotonic() + 30
+        while not os.path.ismount(mnt):
+            assert proc.poll() is None, err_path.read_text()
+            assert time.monotonic() < deadline, err_path.read_text()
+            time.sleep(0.05)
+        assert "EMPIAR-10002" in os.listdir(mnt)
+    finally:
+        unmount(mnt, proc)
+    assert proc.returncode == 0
+    assert err_path.read_text() == ""
