@@ -310,9 +310,11 @@ def load_mrc(path, *, frames: FrameSpec = None, header_only: bool = False, fs=No
 
     Notes
     -----
-    ``x.mrc.bz2`` is decompressed while streaming: reaching frame ``n``
-    decompresses every byte before it (bz2 has no random access), but
-    nothing after the last frame requested.
+    ``x.mrc.bz2``: once the file's bzip2 block index is known (kept in the
+    cache directory after a pass that read most of the file, or built by
+    ``empiarfs cache prefetch --index``), a frame costs only the bzip2
+    blocks that hold it. Before that, reaching frame ``n`` decompresses
+    every byte before it, but nothing after the last frame requested.
     """
     from .formats.mrc import read_mrc
 
@@ -320,10 +322,9 @@ def load_mrc(path, *, frames: FrameSpec = None, header_only: bool = False, fs=No
     partial = header_only or frames is not None
     with _Source(path, fs, name, random_access=partial and not compressed) as src:
         if compressed:
-            from .formats.bz2 import open_bz2
-
-            with open_bz2(src.file) as stream:
-                return read_mrc(stream, frames=frames, header_only=header_only, name=src.name)
+            with _random_bz2(path, fs, src) as stream:
+                return read_mrc(stream.file, frames=frames, header_only=header_only,
+                                name=src.name)
         return read_mrc(src.file, frames=frames, header_only=header_only, name=src.name)
 
 
@@ -363,20 +364,121 @@ def load_tiff(path, *, pages: FrameSpec = None, fs=None, name: Optional[str] = N
 
     Notes
     -----
-    ``x.tiff.bz2`` is decompressed whole (into memory, spilling to a
-    temporary file beyond 256 MiB) before parsing: TIFF page directories are
-    scattered and bz2 cannot seek.
+    ``x.tiff.bz2``: the first read decompresses the whole file once, in
+    parallel, to build its bzip2 block index (kept in the cache directory);
+    from then on a page costs only the bzip2 blocks that hold its
+    directory and its strips.
     """
     from .formats.tiff import read_tiff
 
     _, compressed = _kind(path, name, "tiff")
     with _Source(path, fs, name, random_access=pages is not None and not compressed) as src:
         if compressed:
-            from .formats.bz2 import decompress_to_spool
-
-            with decompress_to_spool(src.file, src.name) as plain:
-                return read_tiff(plain, pages=pages, name=src.name)
+            with _random_bz2(path, fs, src, build=True) as stream:
+                return read_tiff(stream.file, pages=pages, name=src.name)
         return read_tiff(src.file, pages=pages, name=src.name)
+
+
+def load_eer(path, *, frames: FrameSpec = None, grouping: int = 1, upsampling: int = 1,
+             fs=None, name: Optional[str] = None):
+    """Read selected frames, or fractions of summed frames, of an EER movie.
+
+    Parameters
+    ----------
+    path : str, os.PathLike or binary file object
+        As for :func:`load_mrc`; ``.eer`` (or ``.eer.bz2``).
+    frames : None, int, slice or sequence of int
+        Detector frames (``grouping=1``) or fractions to decode; all if
+        ``None``. An int drops the first axis. Only the page directories up
+        to the last frame needed and those frames' strips are read.
+    grouping : int
+        Sum this many consecutive detector frames per fraction, as RELION's
+        ``--eer_grouping``; frames after the last whole fraction are dropped.
+    upsampling : {1, 2, 4}
+        1: events per physical pixel (4K on a Falcon 4); 2 or 4: on the 8K or
+        16K super-resolution grid.
+    fs : EmpiarFS, optional
+        For archive paths.
+    name : str, optional
+        File name for file objects.
+
+    Returns
+    -------
+    empiarfs.formats.eer.EerData
+        ``.data`` (``uint8`` event counts, or ``uint16`` sums when grouping),
+        ``.frames``, ``.detector_frames``, ``.n_frames`` (when counted),
+        ``.grouping``, ``.upsampling``, ``.compression``, ``.metadata``.
+
+    Raises
+    ------
+    NotFound
+        No such file or entry.
+    UnsupportedFormat
+        Not a TIFF/EER name.
+    MissingDependency
+        ``imagecodecs`` missing, or too old for ``upsampling`` > 1.
+    BadFile
+        Not an EER movie, or a frame that does not decode.
+    InvalidInput
+        A frame index out of range, a bad ``grouping`` or ``upsampling``.
+    RemoteError
+        The archive could not be reached.
+    """
+    from .formats.eer import check_options, read_eer
+
+    check_options(grouping, upsampling)
+    _, compressed = _kind(path, name, "tiff")
+    with _Source(path, fs, name, random_access=frames is not None and not compressed) as src:
+        if compressed:
+            with _random_bz2(path, fs, src, build=True) as stream:
+                return read_eer(stream.file, frames=frames, grouping=grouping,
+                                upsampling=upsampling, name=src.name)
+        return read_eer(_unbuffered(src), frames=frames, grouping=grouping,
+                        upsampling=upsampling, name=src.name)
+
+
+def _unbuffered(src: "_Source"):
+    """The archive file under our read buffer: page-directory walks make
+    many small reads far apart, and through the buffer each would fetch
+    a whole buffer's worth instead of the block(s) it touches."""
+    from .fs import RemoteFile
+
+    raw = getattr(src.file, "raw", None)
+    return raw if src.owned and isinstance(raw, RemoteFile) else src.file
+
+
+def _random_bz2(path, fs, src: "_Source", build: bool = False):
+    """A :class:`~empiarfs.formats.bz2.RandomBz2` over ``src``, with the block
+    index kept under the cache directory in effect, keyed by the file's
+    URL and version (archive and mount paths) or local path and mtime."""
+    from .formats.bz2 import RandomBz2
+    from .formats.bz2_index import IndexStore, key_for_local, key_for_remote
+
+    key = None
+    remote = archive_path(path) if not _is_file(path) else None
+    if remote is not None:
+        efs = fs or default_fs()
+        node = efs.stat(remote)
+        settings = efs.settings
+        if node.info is not None:
+            key = key_for_remote(node.info.url, node.info.fingerprint.key())
+    else:
+        settings = _settings if _settings is not None else Settings.load()
+        if not _is_file(path):
+            local = os.fspath(path)
+            try:
+                # On a mount: the archive's URL and version, so the index is
+                # shared with empiar:// reads and `cache prefetch --index`.
+                url = os.getxattr(local, "user.empiarfs.url").decode()
+                st = os.stat(local)
+                key = key_for_remote(url, f"{st.st_size}:{int(st.st_mtime)}")
+            except (AttributeError, OSError, UnicodeDecodeError):
+                try:
+                    key = key_for_local(local)
+                except OSError:
+                    key = None
+    store = IndexStore.in_cache_dir(settings.cache_dir)
+    return RandomBz2(src.file, store=store, key=key, build=build, name=src.name)
 
 
 def load_star(path, *, always_dict: bool = False, fs=None, name: Optional[str] = None):
@@ -423,7 +525,8 @@ def load_star(path, *, always_dict: bool = False, fs=None, name: Optional[str] =
         return read_star(src.file, always_dict=always_dict, name=src.name)
 
 
-def load(path, *, frames: FrameSpec = None, fs=None, name: Optional[str] = None):
+def load(path, *, frames: FrameSpec = None, fs=None, name: Optional[str] = None,
+         eer_grouping: int = 1, eer_upsampling: int = 1):
     """Load a file as data, picking the reader from its suffix.
 
     Parameters
@@ -431,12 +534,16 @@ def load(path, *, frames: FrameSpec = None, fs=None, name: Optional[str] = None)
     path : str, os.PathLike or binary file object
         As for :func:`load_mrc`.
     frames : None, int, slice or sequence of int
-        Frames of an MRC/MRCS file or pages of a TIFF/EER file; ignored
-        (must be ``None``) for STAR.
+        Frames of an MRC/MRCS or EER file (fractions of an EER file when
+        ``eer_grouping`` > 1) or pages of a TIFF file; ignored (must be
+        ``None``) for STAR.
     fs : EmpiarFS, optional
         For archive paths.
     name : str, optional
         File name for file objects.
+    eer_grouping, eer_upsampling : int
+        For ``.eer`` files: frames summed per fraction, and 1, 2 or 4 for
+        the 4K/8K/16K grid (see :func:`load_eer`).
 
     Returns
     -------
@@ -451,11 +558,19 @@ def load(path, *, frames: FrameSpec = None, fs=None, name: Optional[str] = None)
         Suffix not one of .mrc .mrcs .st .ali .rec .map .star .tif .tiff .eer
         (optionally + .bz2); the message lists them.
     InvalidInput
-        ``frames`` given for a STAR file, or out of range.
+        ``frames`` given for a STAR file, or out of range; EER options for a
+        file that is not EER.
     NotFound, BadFile, MissingDependency, RemoteError
         As for the format's own verb.
     """
+    from .formats.eer import is_eer_name
+
     kind, _ = _kind(path, name)
+    if kind == "tiff" and is_eer_name(_label(path, name)):
+        return load_eer(path, frames=frames, grouping=eer_grouping, upsampling=eer_upsampling,
+                        fs=fs, name=name).data
+    if (eer_grouping, eer_upsampling) != (1, 1):
+        raise InvalidInput("eer_grouping= and eer_upsampling= apply to .eer files only")
     if kind == "mrc":
         return load_mrc(path, frames=frames, fs=fs, name=name).data
     if kind == "tiff":

@@ -7,8 +7,8 @@ every file, so tests can compare what a client reads with the truth.
 
 Entries are modelled on real ones (EMPIAR-ACCESS.md §1-2): 10002 (MRCS movie
 stacks, some with an FEI1 extended header), 10934 (deep path, bz2-compressed
-multi-frame TIFFs, a leading ``/`` in ``directory``, ``{"name"}`` cross
-references), 11419 (FIB-SEM, names with spaces, commas, ``#``, ``%``, ``&``),
+multi-frame TIFFs, an EER movie, a leading ``/`` in ``directory``,
+``{"name"}`` cross references), 11419 (FIB-SEM, names with spaces, commas, ``#``, ``%``, ``&``),
 11561 (tomography: STAR, mdoc, tilt series, tomogram) and 10943 (thousands of
 small TIFFs in ``data/Tiff``). The same seed gives the same bytes and the same
 mtimes on every run. Stands alone: imports nothing from the rest of empiarfs.
@@ -168,6 +168,164 @@ def _mdoc_text(ts: str, tilts: list[float], pixel: float) -> bytes:
                   f"SubFramePath = X:\\frames\\{ts}_{i:03d}_{tilt:.1f}.tif", "NumSubFrames = 10",
                   f"DateTime = 05-Dec-21  14:{2 + i // 10:02d}:{(i * 7) % 60:02d}", ""]
     return "\n".join(lines).encode()
+
+
+# ---------------------------------------------------------------- EER movies
+
+#: EER TIFF compression codes and their (run-length, horizontal, vertical)
+#: bit sizes; 65002 stores its sizes in tags 65007-65009.
+EER_CODINGS = {65000: (8, 2, 2), 65001: (7, 2, 2), 65002: (7, 2, 2)}
+
+
+def eer_frame_bytes(positions, sub_x, sub_y, n_pixels: int, *, rlebits: int = 7,
+                    horzbits: int = 2, vertbits: int = 2) -> bytes:
+    """One EER frame (a TIFF strip) holding the given electron events.
+
+    The strip is a bit stream read least significant bit first. Each code
+    starts with a run of ``rlebits`` bits: that many pixels (raster order)
+    without an event. A run of all ones continues into the next code; any
+    other run is followed by the event's sub-pixel position, ``horzbits``
+    then ``vertbits`` bits (stored XORed with the bit count, as decoders
+    expect), and the next run starts on the pixel after the event. A last
+    run reaches the end of the frame. This is the layout imagecodecs'
+    ``eer_decode`` reads (written here from that description, not from
+    the detector vendor's code).
+
+    Parameters
+    ----------
+    positions : array of int
+        Pixel indices (``y * width + x``) holding one event each: sorted,
+        unique, in ``[0, n_pixels)``.
+    sub_x, sub_y : array of int
+        Sub-pixel position of each event, ``0 .. 2**bits - 1``.
+    n_pixels : int
+        Pixels in the frame (physical, not super-resolution).
+
+    Returns
+    -------
+    bytes
+        An even number of bytes (decoders read 16-bit words).
+    """
+    positions = np.asarray(positions, dtype=np.int64)
+    full = (1 << rlebits) - 1
+    previous = np.concatenate(([-1], positions[:-1]))
+    skips = positions - previous - 1
+    tail = n_pixels - (int(positions[-1]) + 1 if len(positions) else 0)
+    nbits = rlebits + horzbits + vertbits
+    sub = ((np.asarray(sub_x, np.int64) ^ horzbits)
+           | ((np.asarray(sub_y, np.int64) ^ vertbits) << horzbits))
+    # Per event: skips // full continuation codes, then the event code.
+    conts = skips // full
+    counts = conts + 1
+    values = np.full(int(counts.sum()), full, dtype=np.int64)
+    lengths = np.full(len(values), rlebits, dtype=np.int64)
+    ends = np.cumsum(counts) - 1
+    values[ends] = (skips % full) | (sub << rlebits)
+    lengths[ends] = nbits
+    # The last run: continuation codes, then the remainder (left out when
+    # a continuation already lands on the last pixel).
+    tail_codes = [full] * (tail // full) + ([tail % full] if tail % full or tail < full else [])
+    values = np.concatenate((values, np.array(tail_codes, dtype=np.int64)))
+    lengths = np.concatenate((lengths, np.full(len(tail_codes), rlebits, dtype=np.int64)))
+    starts = np.cumsum(lengths) - lengths
+    total = int(lengths.sum())
+    # Expand every code into its bits, least significant first.
+    owner = np.repeat(np.arange(len(values)), lengths)
+    shift = np.arange(total) - starts[owner]
+    bits = ((values[owner] >> shift) & 1).astype(np.uint8)
+    # A decoder stops reading when fewer than one full code's bits remain,
+    # so the last code needs that much padding behind it.
+    n_bytes = -(-(total + nbits + 1) // 8)
+    n_bytes += n_bytes % 2
+    out = np.zeros(n_bytes * 8, dtype=np.uint8)
+    out[:total] = bits
+    return np.packbits(out, bitorder="little").tobytes()
+
+
+def eer_metadata_xml(items: dict) -> bytes:
+    """An EER acquisition metadata block (TIFF tag 65001 of the first page)."""
+    parts = ["<metadata>"]
+    for name, value in items.items():
+        unit = ""
+        if isinstance(value, tuple):
+            value, unit = value
+        unit_attr = f' unit="{xml_escape(unit)}"' if unit else ""
+        parts.append(f'<item name="{xml_escape(name)}"{unit_attr}>{xml_escape(str(value))}</item>')
+    parts.append("</metadata>")
+    return "".join(parts).encode()
+
+
+def eer_tiff_bytes(strips: list, width: int, height: int, *, compression: int = 65001,
+                   metadata: bytes = b"<metadata></metadata>",
+                   bits: tuple | None = None) -> bytes:
+    """An EER file: a little-endian BigTIFF with one page per frame.
+
+    Each page is one strip of EER-coded events followed by its image file
+    directory (the order a streaming writer produces: frame data first,
+    then the directory pointing at it). The first page carries the
+    acquisition metadata (tag 65001, XML), which is how readers such as
+    tifffile recognise EER. Written by hand, so the bytes do not depend on
+    a TIFF library's version.
+
+    Parameters
+    ----------
+    strips : list of bytes
+        One encoded frame each (:func:`eer_frame_bytes`).
+    width, height : int
+        Physical frame size in pixels.
+    compression : int
+        65000, 65001 or 65002.
+    metadata : bytes
+        The XML block of tag 65001 (:func:`eer_metadata_xml`).
+    bits : tuple of int, optional
+        ``(rlebits, horzbits, vertbits)`` written as tags 65007-65009
+        (compression 65002 only).
+    """
+    import struct
+
+    short, long_, long8, undefined = 3, 4, 16, 7
+
+    def entry(tag, kind, count, value):
+        if isinstance(value, bytes):
+            payload = value.ljust(8, b"\0")
+        else:
+            # An int of a type wider than its value (UNDEFINED data out of
+            # line) is an offset: 8 bytes in a BigTIFF.
+            fmt = {short: "<H", long_: "<I"}.get(kind, "<Q")
+            payload = struct.pack(fmt, value).ljust(8, b"\0")
+        return struct.pack("<HHQ", tag, kind, count) + payload
+
+    out = bytearray(struct.pack("<2sHHHQ", b"II", 43, 8, 0, 0))
+    previous_link = 8  # where the offset of the next IFD goes
+    for index, strip in enumerate(strips):
+        strip_offset = len(out)
+        out += strip
+        if len(out) % 2:
+            out += b"\0"
+        extra_tags = []
+        if compression == 65002:
+            rle, horz, vert = bits or EER_CODINGS[65002]
+            extra_tags = [(65007, short, 1, rle), (65008, short, 1, horz), (65009, short, 1, vert)]
+        n_entries = 7 + (1 if index == 0 else 0) + len(extra_tags)
+        ifd_offset = len(out)
+        blob_offset = ifd_offset + 8 + 20 * n_entries + 8
+        struct.pack_into("<Q", out, previous_link, ifd_offset)
+        entries = [entry(256, long_, 1, width), entry(257, long_, 1, height),
+                   entry(259, short, 1, compression), entry(262, short, 1, 1),
+                   entry(273, long8, 1, strip_offset), entry(278, long_, 1, height),
+                   entry(279, long8, 1, len(strip))]
+        blob = b""
+        if index == 0:
+            entries.append(entry(65001, undefined, len(metadata),
+                                 metadata if len(metadata) <= 8 else blob_offset))
+            blob = metadata if len(metadata) > 8 else b""
+        entries += [entry(*t) for t in extra_tags]
+        out += struct.pack("<Q", n_entries) + b"".join(entries)
+        previous_link = len(out)
+        out += struct.pack("<Q", 0) + blob
+        if len(out) % 2:
+            out += b"\0"
+    return bytes(out)
 
 
 # ---------------------------------------------------------------- metadata
@@ -333,6 +491,40 @@ def _entry_10002(w: _Writer) -> dict:
                                       ["Wong W", "Bai XC", "Scheres SHW"])])
 
 
+EER_DIR = "data/EER"
+EER_MOVIE = f"{EER_DIR}/FoilHole_6101130_Data_6092346_6092348_20201106_141507_EER.eer"
+EER_SIZE = 1024     # physical pixels per side (4096 at 4x super-resolution)
+EER_FRAMES = 40
+
+
+def _write_eer_movie(w: _Writer) -> None:
+    """EMPIAR-10934's EER movie: 40 frames of 1024 x 1024 pixels, about
+    0.025 events per pixel per frame, over a pattern of darker discs
+    ("particles") so that a sum of frames shows an image. Written after
+    every other file: the sample's clock gives each file its mtime in
+    write order, so the files written before keep theirs."""
+    acc = "EMPIAR-10934"
+    rng = w.rng(acc, "eer")
+    n = EER_SIZE
+    yy, xx = np.mgrid[0:n, 0:n]
+    dose = np.full((n, n), 0.03)
+    for cy, cx, r in rng.uniform((0, 0, 20), (n, n, 60), size=(25, 3)):
+        dose[(yy - cy) ** 2 + (xx - cx) ** 2 < r * r] = 0.015
+    dose = dose.ravel()
+    strips = []
+    for _ in range(EER_FRAMES):
+        positions = np.flatnonzero(rng.random(n * n) < dose)
+        sub = rng.integers(0, 4, size=(2, len(positions)))
+        strips.append(eer_frame_bytes(positions, sub[0], sub[1], n * n))
+    meta = eer_metadata_xml({
+        "commercialName": "Falcon 4i", "numberOfFrames": EER_FRAMES,
+        "exposureTime": (EER_FRAMES / 250.0, "s"), "sensorImageWidth": (n, "pixels"),
+        "sensorImageHeight": (n, "pixels"), "sensorPixelSize.width": (1.086e-10, "m"),
+        "sensorPixelSize.height": (1.086e-10, "m"), "timestamp": "2020-11-06T14:15:07+00:00",
+        "acquisitionSoftware": "empiarfs sample"})
+    w.write_bytes(acc, EER_MOVIE, eer_tiff_bytes(strips, n, n, compression=65001, metadata=meta))
+
+
 _FOILHOLE = "FoilHole_{hole}_Data_6092346_6092348_20201106_{t}_fractions.tiff.bz2"
 
 
@@ -354,7 +546,13 @@ def _entry_10934(w: _Writer) -> dict:
         "UNSIGNED BYTE", 0.543, 0.543, "11520", "8184",
         details="The given pixel size accounts for super resolution binning 1 - the physical pixel "
                 "size was 1.086 \u00c5/pix. Movies are non-gain normalised - gain reference included.",
-        pattern=f"{base}/Images-Disc1/GridSquare_*/Data/FoilHole_*_fractions.tiff.bz2")]
+        pattern=f"{base}/Images-Disc1/GridSquare_*/Data/FoilHole_*_fractions.tiff.bz2"),
+        _imageset("Multiframe micrographs in EER format (Falcon 4i electron events)", EER_DIR,
+                  "micrographs - multiframe", "EER", 1, EER_FRAMES, "BIT", 0.543, 0.543,
+                  str(EER_SIZE), str(EER_SIZE),
+                  details="Electron-event representation, one TIFF page per detector frame; "
+                          "sum frames in groups (e.g. RELION --eer_grouping) to make fractions.",
+                  pattern=f"{EER_DIR}/*_EER.eer")]
     pi = [_detailed("Alfredo", "De Biasio", "0000-0003-2139-2958",
                     "King Abdullah University of Science and Technology", "Thuwal", "Saudi Arabia")]
     return _entry(acc, title="Cryo-EM multiframe micrographs of human Pol kappa complexed with DNA "
@@ -550,6 +748,7 @@ def make_sample(root, seed: int = 0, many_files: int = 3000, large_size: int = 0
         w.write_bytes(acc, f"{_num(acc)}.xml", _xml_header(acc, rec))
         with open(os.path.join(root, "api", f"{acc}.json"), "wb") as fh:
             fh.write(json.dumps(wrapped, ensure_ascii=False, separators=(",", ":")).encode("utf-8"))
+    _write_eer_movie(w)
     with open(os.path.join(root, "api", "latest_citations.json"), "w", encoding="utf-8") as fh:
         json.dump(_latest_citations(records), fh, ensure_ascii=False)
     _fix_dir_times(root, seed)
