@@ -82,6 +82,8 @@ def _translate(method):
                 self._report(method.__name__, args[0] if args else "", exc, code)
             raise mfusepy.FuseOSError(code) from None
     return wrapper
+
+
 def _read_only(self, *args, **kwargs):
     raise mfusepy.FuseOSError(errno.EROFS)
 

@@ -107,8 +107,8 @@ def test_get_warns_and_downloads_without_the_cache(env, unwritable, tmp_path, sa
     warnings = [line for line in result.stderr.splitlines() if "WARNING" in line]
     assert len(warnings) == 1 and unwritable in warnings[0], result.stderr
     got = (tmp_path / "out" / "EMPIAR-10002" / "10002.xml").read_bytes()
-    assert got == open(os.path.join(sample_root, "world_availability", "10002", "10002.xml"),
-                       "rb").read()
+    with open(os.path.join(sample_root, "world_availability", "10002", "10002.xml"), "rb") as want:
+        assert got == want.read()
 
 
 def test_writing_under_a_file_is_one_line(env, unwritable):
@@ -180,8 +180,7 @@ def test_libfuse3_missing_names_the_package():
     asked = []
 
     def find(name):
-        asked.append(name)
-        return None
+        asked.append(name)      # and finds nothing
     with pytest.raises(MountError) as info:
         choose_libfuse({}, find=find)
     assert asked == ["fuse3"]          # never plain 'fuse', which is libfuse 2
