@@ -15,15 +15,15 @@ Listings and entry records come from :mod:`empiarfs.archive` once, are kept
 in :class:`~empiarfs.metastore.MetaStore` for ``metadata_ttl`` seconds and
 survive remounts; when the archive is unreachable, stale values are served.
 
-Lock order: ``_flight_lock`` (guards the per-key lock table) is held only to
-look up a key's lock; a key lock is held while fetching that key and never
-while taking another key lock.
+The virtual files are rendered by :mod:`empiarfs.virtual`; values are
+fetched once and kept fresh or stale by :class:`~empiarfs.metastore.FreshOrStale`.
+
+Lock order: ``_memo_lock`` is a leaf guarding the parsed-entry memo.
 """
 
 from __future__ import annotations
 
 import calendar
-import json
 import logging
 import threading
 import time
@@ -34,17 +34,16 @@ import cachetools
 
 from .archive import accession as accessions
 from .errors import EmpiarfsError, InvalidInput, NotFound, RemoteError
-from .metastore import MetaStore
+from .archive.metadata import parse_entry
+from .metastore import FreshOrStale, MetaStore
 from .model import Entry, FileInfo
 from .paths import path_parts
+from .virtual import ENTRY_FILES, VirtualFiles, render_stats
 
 log = logging.getLogger(__name__)
 
 CONTROL_DIR = ".empiarfs"
 STATS_FILE = "stats.json"
-ENTRY_JSON = "entry.json"
-README = "README.txt"
-LAMBDA_BER = "lambda-ber.yaml"
 IMAGESETS = "imagesets"
 # Unknown entries are looked up again after this long.
 NEGATIVE_TTL = 60.0
@@ -79,16 +78,25 @@ class Catalog:
         self.archive = archive
         self.store = store
         self._stats_provider = stats_provider or (lambda: {})
-        self._flight_lock = threading.Lock()
-        self._flights: dict[str, threading.Lock] = {}
+        self._values = FreshOrStale(store, settings.metadata_ttl, settings.offline)
+        self._virtual = VirtualFiles(settings.data_url)
         self._negative: dict[str, float] = {}
-        self._virtual_cache: dict[tuple, bytes] = {}
-        self._virtual_lock = threading.Lock()
+        self._memo_lock = threading.Lock()
         # Hot-path memos: every getattr asks whether its entry exists, and
         # image-set xattrs need the parsed entry.
         self._known: set[str] = set()
         self._accession_set: tuple = (None, frozenset())
         self._parsed = cachetools.LRUCache(maxsize=256)
+
+    @property
+    def settings(self):
+        return self._settings
+
+    @settings.setter
+    def settings(self, value):
+        self._settings = value
+        if hasattr(self, "_values"):  # a new TTL or offline switch applies at once
+            self._values.ttl, self._values.offline = value.metadata_ttl, value.offline
 
     # ----------------------------------------------------------------- public
 
@@ -147,7 +155,7 @@ class Catalog:
             children = self._remote_children(acc, "")
             if self._has_entry_record(acc):
                 children += [n for n in (self._entry_virtual(acc, name)
-                                         for name in (ENTRY_JSON, README, LAMBDA_BER, IMAGESETS))
+                                         for name in (*ENTRY_FILES, IMAGESETS))
                              if n is not None]
             return children
         if parts[1] == IMAGESETS:
@@ -157,17 +165,12 @@ class Catalog:
     def content(self, node: Node) -> bytes:
         """The bytes of a virtual file."""
         if node.dynamic:
-            return self._render_stats()
-        key = (node.accession, node.name)
-        with self._virtual_lock:
-            cached = self._virtual_cache.get(key)
-        if cached is None:
-            cached = self._render_virtual(node.accession, node.name)
-            with self._virtual_lock:
-                if len(self._virtual_cache) > 1024:
-                    self._virtual_cache.clear()
-                self._virtual_cache[key] = cached
-        return cached
+            return render_stats(self._stats_provider())
+        acc = node.accession
+        raw = self._entry_record(acc)
+        if raw is None:
+            raise NotFound(f"{acc} has no entry record", accession=acc)
+        return self._virtual.content(acc, node.name, raw, self.entry(acc))
 
     def entry(self, acc) -> Entry:
         """The entry's metadata.
@@ -177,18 +180,16 @@ class Catalog:
         NotFound
             If the archive has no such entry.
         """
-        from .archive.metadata import parse_entry
-
         acc = accessions.normalize(acc)
         raw = self._entry_record(acc)
         if raw is None:
             raise NotFound(f"{acc} not found in the archive", accession=acc)
-        with self._virtual_lock:
+        with self._memo_lock:
             memo = self._parsed.get(acc)
         if memo is not None and memo[0] is raw:
             return memo[1]
         entry = parse_entry(acc, raw)
-        with self._virtual_lock:
+        with self._memo_lock:
             self._parsed[acc] = (raw, entry)
         return entry
 
@@ -274,7 +275,7 @@ class Catalog:
         return hit[0] if hit else 0.0
 
     def _entry_virtual(self, acc: str, name: str) -> Node | None:
-        if name not in (ENTRY_JSON, README, LAMBDA_BER, IMAGESETS):
+        if name not in ENTRY_FILES and name != IMAGESETS:
             return None
         if not self._has_entry_record(acc):
             return None
@@ -314,7 +315,7 @@ class Catalog:
         listing = self._remote_dir(acc, rel)
         if all(i.size_exact or i.is_dir for i in listing.values()):
             return listing
-        with self._flight(key):
+        with self._values.key_lock(key):
             hit = self.store.get(key)
             listing = hit[1] if hit else listing
             pending = [i for i in listing.values() if not i.is_dir and not i.size_exact]
@@ -360,67 +361,11 @@ class Catalog:
 
     def _stats_node(self) -> Node:
         return Node("virtual", STATS_FILE, f"{CONTROL_DIR}/{STATS_FILE}",
-                    size=len(self._render_stats()), mtime=time.time(), dynamic=True)
-
-    def _render_stats(self) -> bytes:
-        return (json.dumps(self._stats_provider(), indent=2, sort_keys=True) + "\n").encode()
-
-    # -------------------------------------------------------------- rendering
-
-    def _render_virtual(self, acc: str, name: str) -> bytes:
-        raw = self._entry_record(acc)
-        if raw is None:
-            raise NotFound(f"{acc} has no entry record", accession=acc)
-        if name == ENTRY_JSON:
-            return (json.dumps({acc: raw}, indent=2, ensure_ascii=False) + "\n").encode()
-        entry = self.entry(acc)
-        if name == README:
-            from .summary import render_summary
-            return render_summary(entry).encode()
-        if name == LAMBDA_BER:
-            from .export.lambda_ber import dump, entry_to_lambda_ber
-            return dump(entry_to_lambda_ber(entry, data_url=self.settings.data_url),
-                        format="yaml").encode()
-        raise NotFound(name)  # pragma: no cover - names are checked by callers
-
-    # ---------------------------------------------------------------- caching
-
-    def _flight(self, key: str) -> threading.Lock:
-        with self._flight_lock:
-            lock = self._flights.get(key)
-            if lock is None:
-                if len(self._flights) > 10000:
-                    self._flights.clear()
-                lock = self._flights[key] = threading.Lock()
-            return lock
+                    size=len(render_stats(self._stats_provider())), mtime=time.time(), dynamic=True)
 
     def _cached(self, key: str, fetch):
-        """A fresh cached value, or one fetched once however many threads
-        ask; a stale value when the archive cannot be reached."""
-        hit = self.store.get(key)
-        ttl = self.settings.metadata_ttl
-        if hit is not None and (self.settings.offline or time.time() - hit[0] < ttl):
-            return hit[1]
-        if self.settings.offline:
-            raise RemoteError(f"offline and not cached: {key.split(':', 1)[-1]}")
-        with self._flight(key):
-            again = self.store.get(key)
-            if again is not None and time.time() - again[0] < ttl:
-                return again[1]
-            try:
-                value = fetch()
-            except NotFound:
-                self.store.forget(key)
-                raise
-            except RemoteError as exc:
-                if again is not None:
-                    log.warning("serving cached %s: archive unreachable (%s)", key, exc)
-                    return again[1]
-                raise
-            if key.startswith("dir:") and again is not None:
-                value = _keep_resolved(again[1], value)
-            self.store.put(key, value)
-            return value
+        merge = _keep_resolved if key.startswith("dir:") else None
+        return self._values.get(key, fetch, merge)
 
 
 def _keep_resolved(old: dict, new: dict) -> dict:

@@ -3,7 +3,7 @@
 Every value is stored with the time it was fetched. Fresh values (younger
 than the TTL) are served without asking the archive; stale values are
 refreshed, but still served when the archive cannot be reached, so a mount
-keeps working offline with everything it has seen. Imports nothing internal.
+keeps working offline with everything it has seen. Imports only errors.
 
 One sqlite connection shared under a lock, not ``diskcache``: diskcache
 opens a connection per thread, and libfuse keeps starting and ending worker
@@ -21,6 +21,8 @@ import threading
 import time
 
 import cachetools
+
+from .errors import NotFound, RemoteError
 
 log = logging.getLogger(__name__)
 
@@ -128,3 +130,64 @@ class MetaStore:
             if self._db is not None:
                 self._db.close()
                 self._db = None
+
+
+class FreshOrStale:
+    """Values of a :class:`MetaStore`, fetched once however many threads
+    ask: a fresh stored value is served as is; a missing or stale one is
+    fetched by one thread while the others wait for it; a stale one is
+    still served when the archive cannot be reached.
+
+    Lock order: ``_table_lock`` is held only to find a key's lock; a key's
+    lock is held while that key is fetched and never while taking another
+    key's lock.
+    """
+
+    def __init__(self, store: MetaStore, ttl: float, offline: bool = False):
+        self.store = store
+        self.ttl = ttl
+        self.offline = offline
+        self._table_lock = threading.Lock()
+        self._locks: dict[str, threading.Lock] = {}
+
+    def key_lock(self, key: str) -> threading.Lock:
+        """The lock held while ``key`` is fetched (for callers that update
+        a stored value in place, such as a listing whose sizes were resolved)."""
+        with self._table_lock:
+            lock = self._locks.get(key)
+            if lock is None:
+                if len(self._locks) > 10000:
+                    self._locks.clear()
+                lock = self._locks[key] = threading.Lock()
+            return lock
+
+    def get(self, key: str, fetch, merge=None):
+        """The value of ``key``: stored and fresh, or ``fetch()``-ed now.
+
+        ``merge(old, new)``, when given, combines a stale stored value with
+        the fresh one before it is stored. ``NotFound`` from ``fetch``
+        forgets the key; ``RemoteError`` serves the stale value if any.
+        """
+        hit = self.store.get(key)
+        if hit is not None and (self.offline or time.time() - hit[0] < self.ttl):
+            return hit[1]
+        if self.offline:
+            raise RemoteError(f"offline and not cached: {key.split(':', 1)[-1]}")
+        with self.key_lock(key):
+            again = self.store.get(key)
+            if again is not None and time.time() - again[0] < self.ttl:
+                return again[1]
+            try:
+                value = fetch()
+            except NotFound:
+                self.store.forget(key)
+                raise
+            except RemoteError as exc:
+                if again is not None:
+                    log.warning("serving cached %s: archive unreachable (%s)", key, exc)
+                    return again[1]
+                raise
+            if merge is not None and again is not None:
+                value = merge(again[1], value)
+            self.store.put(key, value)
+            return value
