@@ -12,9 +12,9 @@ import sys
 
 import click
 
-from .. import __version__
-from ..config import Settings
-from ..errors import EmpiarfsError, InvalidInput
+from empiarfs import __version__
+from empiarfs.config import Settings
+from empiarfs.errors import EmpiarfsError, InvalidInput
 
 EXIT_OK, EXIT_ERROR, EXIT_USAGE = 0, 1, 2
 
@@ -113,8 +113,8 @@ def main(ctx, verbose, config):
 def _configured_log_level(config) -> int:
     """The ``log_level`` setting (config file, EMPIARFS_LOG_LEVEL); a bad
     config file is reported by the command itself, so WARNING here."""
-    from ..config import Settings
-    from ..errors import EmpiarfsError
+    from empiarfs.config import Settings
+    from empiarfs.errors import EmpiarfsError
 
     try:
         name = Settings.load(config).log_level
@@ -141,6 +141,7 @@ COMMAND_MODULES = [
     "export",
     "serve",
     "site_cache",
+    "preview",
 ]
 
 _load_commands()

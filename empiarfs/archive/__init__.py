@@ -1,1 +1,0 @@
-"""EMPIAR itself: REST metadata, directory listings, exact sizes, code tables."""
