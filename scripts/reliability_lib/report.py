@@ -5,55 +5,115 @@ from __future__ import annotations
 import platform
 import time
 
-
 # Bounds for the verdict: the memory cache (64 MiB) plus working set, and
 # descriptors bounded by concurrency (pool connections, threads), not work.
 RSS_SLACK_KIB = (64 + 256) * 1024
 FD_SLACK = 64 + 16
 
 
-def checks(figures: dict, table: list) -> dict:
+def _phases(figures: dict) -> list:
+    """The load results of every phase: the mixed one, then each kind's."""
+    return [figures["result"]] + [row["result"] for row in figures.get("kinds", [])]
+
+
+def checks(figures: dict, table: list | None) -> dict:
     """Each criterion of the verdict -> True if met."""
     r = figures["result"]
-    return {
-        "no wrong byte": r.wrong_bytes == 0,
-        "no read() past the bound": r.late_calls == 0,
-        "no daemon crash": figures["crashes"] == 0,
-        "failures only EIO/ESTALE": r.unclear == 0,
+    phases = _phases(figures)
+    kinds = figures.get("kinds", [])
+    out = {
+        "no wrong byte": all(p.wrong_bytes == 0 for p in phases),
+        "no wrong size": all(row["wrong_sizes"] == 0 for row in kinds),
+        "no failed read": all(p.failed_clean + p.unclear == 0 for p in phases),
+        "no read() past the bound": all(p.late_calls == 0 for p in phases),
+        "no daemon crash": figures["crashes"] == 0 and all(row["crashes"] == 0 for row in kinds),
+        "failures only EIO/ESTALE": all(p.unclear == 0 for p in phases),
         "memory bounded": r.peak_rss_kib <= figures["rss_before_kib"] + RSS_SLACK_KIB,
         "descriptors do not leak": figures["fds_after"] <= figures["fds_before"] + FD_SLACK,
-        "no hostile input escaped or crashed": not any(row["escaped"] or not row["survived"]
-                                                       for row in table),
+        "every fault kind injected": all(row["injected"] > 0 for row in kinds),
     }
+    if table is not None:
+        out["no hostile input escaped or crashed"] = not any(row["escaped"] or not row["survived"]
+                                                             for row in table)
+    return out
 
 
-def passed(figures: dict, table: list) -> bool:
+def passed(figures: dict, table: list | None) -> bool:
     return all(checks(figures, table).values())
+
+
+def _by_kind(figures: dict) -> list:
+    """The table of outcomes by fault kind (one phase each)."""
+    kinds = figures.get("kinds", [])
+    if not kinds:
+        return []
+    lines = [
+        "",
+        "## By fault kind",
+        "",
+        "One phase per kind: a fresh mount with FTP unreachable (names from the listing, sizes",
+        "from HEAD and the Content-Range probe), the fault on from the first request (entry JSON,",
+        "listings, HEADs and range reads alike), every size checked by `stat` (how long that took:",
+        f"the stats column), then readers for {figures.get('kind_seconds', 0):.0f} s. Server faults "
+        "hit 1 reply in 20; `stall`: 1 in",
+        "33, for 3 s; `error`: a 503 burst or a 429 with Retry-After every 5 s; `cut_<place>` cuts",
+        "the reply there (`status`: inside the status line; `header_line`: at a line boundary of",
+        "the header block; `header_value`: inside an ETag, Content-Length, Content-Range or",
+        "Last-Modified value; `after_headers`; `body`). The lies send a malformed or a second",
+        "ETag, a malformed Content-Length, a Content-Length that disagrees with Content-Range, an",
+        "HTTP/1.0 close-delimited body, or a 200 with the whole file to a range request.",
+        "`proxy_cut_stall` is the set-up of issue 11: a proxy in front of the server that cuts 1",
+        "reply in 20 at a uniformly random byte, headers included, and stalls 1 in 30.",
+        "",
+        f"| kind | injected | reads | **failed reads** | **wrong sizes** | **wrong bytes** | "
+        f"**read() past {figures['bound']:g} s** | slowest read() | stats (s) | other |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for row in kinds:
+        r = row["result"]
+        failed = r.failed_clean + r.unclear
+        errs = f" ({dict(r.errnos)})" if r.errnos else ""
+        stat_errs = f" ({row['stat_errors']})" if row["stat_errors"] else ""
+        other = ", ".join(f"{k} {v}" for k, v in sorted(row["detail"].items())) or "-"
+        if row["tracebacks"] or row["crashes"]:
+            other += f"; tracebacks {row['tracebacks']}, crashes {row['crashes']}"
+        lines.append(
+            f"| {row['kind']} | {row['injected']} | {r.reads} | {failed}{errs} | "
+            f"{row['wrong_sizes']}{stat_errs} | {r.wrong_bytes} | {r.late_calls} | "
+            f"{r.slowest_call:.2f} s | {row['stat_seconds']:.1f} | {other} |")
+    return lines
 
 
 def _mib(kib: int) -> str:
     return f"{kib / 1024:.0f} MiB"
 
 
-def render(figures: dict, table: list, *, minutes, files, readers, took) -> str:
+def render(figures: dict, table: list | None, *, minutes, files, readers, took) -> str:
     r = figures["result"]
     faults = figures["faults"]
     net = figures["network"]
+    kinds = figures.get("kinds", [])
+    hostile = "then each hostile input on its own mount" if table is not None else "no hostile inputs"
     lines = [
         "# Reliability",
         "",
         "Generated by `bash scripts/soak` (do not edit by hand); every figure comes from one run",
         f"on {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, {platform.machine()}, "
-        f"Python {platform.python_version()}: {readers} readers for {minutes:g} min over "
+        f"Python {platform.python_version()}: {minutes:g} min of load over "
         f"{figures['files']} files (a sample with {files} small TIFFs, the MRCS stacks and the "
-        f"tomography files) through a real FUSE mount, every byte compared with the sample; "
-        f"then each hostile input on its own mount. Whole run: {took / 60:.1f} min.",
+        f"tomography files) through real FUSE mounts, every byte compared with the sample: "
+        f"{readers} readers for {figures['seconds']:.0f} s with every fault at once, then "
+        f"{len(kinds)} phases of {figures.get('kind_seconds', 0):.0f} s with one fault kind each; "
+        f"{hostile}. Whole run: {took / 60:.1f} min.",
         "",
         f"Verdict: **{'PASS' if passed(figures, table) else 'FAIL'}**",
         "",
     ] + [f"- {'ok' if ok else '**FAILED**'}: {name}" for name, ok in checks(figures, table).items()] + [
         "",
-        "## Load with faults",
+        "## Every fault at once",
+        "",
+        "Sizes from FTP; stalls, truncated and reset bodies, 503/429 bursts, replies cut anywhere",
+        "and replies that lie, all on the data tree at once.",
         "",
         "| figure | value |",
         "|---|---|",
@@ -81,16 +141,18 @@ def render(figures: dict, table: list, *, minutes, files, readers, took) -> str:
         "|---|---|",
     ]
     lines += [f"| {k} | {v} |" for k, v in sorted(faults.items())] or ["| (none) | 0 |"]
-    lines += [
-        "",
-        "## Hostile input",
-        "",
-        "| input | what the mount did | reason logged | escaped? | mount survived |",
-        "|---|---|---|---|---|",
-    ]
-    for row in table:
-        lines.append(f"| {row['input']} | {row['verdict']} | {row['reason'] or '-'} | "
-                     f"{'YES' if row['escaped'] else 'no'} | {'yes' if row['survived'] else 'NO'} |")
+    lines += _by_kind(figures)
+    if table is not None:
+        lines += [
+            "",
+            "## Hostile input",
+            "",
+            "| input | what the mount did | reason logged | escaped? | mount survived |",
+            "|---|---|---|---|---|",
+        ]
+        for row in table:
+            lines.append(f"| {row['input']} | {row['verdict']} | {row['reason'] or '-'} | "
+                         f"{'YES' if row['escaped'] else 'no'} | {'yes' if row['survived'] else 'NO'} |")
     lines += [
         "",
         "## Bugs the soak found, fixed (each guarded by a regression test in tests/)",
@@ -105,6 +167,11 @@ def render(figures: dict, table: list, *, minutes, files, readers, took) -> str:
         "  CacheLocked message (`test_second_daemon_on_the_same_cache_refuses_naming_the_pid`).",
         "- Deeply nested entry JSON made the whole entry directory EIO",
         "  (`test_entry_json_of_the_wrong_shape[deep nesting]`).",
+        "- Replies cut inside their header block were accepted (issue 11, found behind a proxy",
+        "  that cut 1 reply in 20): a HEAD cut inside its ETag made the half value the file's",
+        "  version, then ESTALE; a HEAD cut inside Content-Length made a 1,560-byte file 15 bytes;",
+        "  a GET cut inside Content-Range ended in EIO; a cut listing failed getattr with EIO",
+        "  (`tests/test_faults_wire.py`, one test per fault kind).",
         "",
         "Behaviour by design: a file left out of its directory listing is ENOENT by name too",
         "until the listing is fetched again after `metadata_ttl` (`test_listing_that_omits_a_file`).",
