@@ -6,14 +6,23 @@ by :mod:`empiarfs.fuse.mount`.
 
 __version__ = "0.1.0"
 
-from empiarfs.errors import EmpiarfsError, NotFound, RemoteError, BadResponse, StaleFile, DeadlineExceeded, UnsupportedFormat, InvalidInput
+from empiarfs.errors import (
+    BadResponse,
+    DeadlineExceeded,
+    EmpiarfsError,
+    InvalidInput,
+    NotFound,
+    RemoteError,
+    StaleFile,
+    UnsupportedFormat,
+)
 
 # The typed-loading verbs live in empiarfs.pyapi.api and pull in numpy, mrcfile
 # and the network stack; they are imported on first use so that
 # ``import empiarfs`` stays light.
 _API_NAMES = frozenset({
     "entry", "open", "load", "load_mrc", "load_star", "load_tiff", "load_eer",
-    "configure", "default_fs", "EntryView",
+    "configure", "default_fs", "close", "EntryView",
 })
 
 
@@ -31,7 +40,7 @@ def __getattr__(name):
 
         return getattr(deposition, name)
     if name == "preview":
-        # Pictures of frames (issue 15); Pillow is imported by the call.
+        # Pillow is imported by the call.
         from empiarfs.tools.preview import preview
 
         return preview
@@ -43,8 +52,13 @@ def __getattr__(name):
     raise AttributeError(f"module 'empiarfs' has no attribute {name!r}")
 
 
-# Metadata export (issue 8): lambda-ber Dataset -> EMPIAR deposition JSON.
+# Metadata export: lambda-ber Dataset -> EMPIAR deposition JSON.
 _EXPORT_NAMES = frozenset({"deposition_from_lambda_ber", "IncompleteDeposition"})
+
+
+__all__ = sorted({"BadResponse", "DeadlineExceeded", "EmpiarfsError", "InvalidInput", "NotFound",
+                  "RemoteError", "StaleFile", "UnsupportedFormat", "EmpiarDataset", "to_dask",
+                  "preview"} | _API_NAMES | _EXPORT_NAMES)
 
 
 def __dir__():

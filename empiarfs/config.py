@@ -16,7 +16,7 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from .errors import InvalidInput
+from empiarfs.errors import InvalidInput
 
 DEFAULT_API_URL = "https://www.ebi.ac.uk/empiar/api"
 DEFAULT_DATA_URL = "https://ftp.ebi.ac.uk/empiar/world_availability"

@@ -1,7 +1,7 @@
 """Plain values shared by every layer. Imports nothing internal.
 
 Parsing of the archive's JSON into these values lives in
-:mod:`empiarfs.archive.metadata`; these classes only hold data.
+:mod:`empiarfs.remote.metadata`; these classes only hold data.
 """
 
 from __future__ import annotations

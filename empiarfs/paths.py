@@ -6,14 +6,14 @@ passes through here before it becomes a URL, a mount node or a file name
 on disk: empty and ``.`` segments are dropped (EMPIAR's own URLs carry
 ``10934//data``), and ``..`` segments, NUL and other control characters are
 refused (no EMPIAR name has them, and a listing that offers one is skipped
-as unsafe by :mod:`empiarfs.archive.listing`).
+as unsafe by :mod:`empiarfs.remote.listing`).
 
 A leaf module: imports only :mod:`empiarfs.errors`.
 """
 
 from __future__ import annotations
 
-from .errors import InvalidInput
+from empiarfs.errors import InvalidInput
 
 
 def path_parts(path) -> list[str]:

@@ -9,11 +9,11 @@ import shutil
 import tempfile
 
 import pytest
-
-from empiarfs.sample import make_sample
-from empiarfs.server import ArchiveServer
 from support.apache import ApacheTwin, unavailable_reason
 from support.archive import settings_for as _settings_for
+
+from empiarfs.archive_server import ArchiveServer
+from empiarfs.archive_server.sample import make_sample
 
 
 @pytest.fixture(scope="session")
@@ -32,7 +32,7 @@ def sample_root():
 @pytest.fixture(scope="session")
 def manifest(sample_root):
     """The sample's manifest: ``{"files": [{"entry", "path", "size", "sha256", "mtime"}], ...}``."""
-    from empiarfs.sample import load_manifest
+    from empiarfs.archive_server.sample import load_manifest
 
     return load_manifest(sample_root)
 

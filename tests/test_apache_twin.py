@@ -13,7 +13,7 @@ import re
 import pytest
 import requests
 
-from empiarfs.server.autoindex import strfsize
+from empiarfs.archive_server.autoindex import strfsize
 
 pytestmark = pytest.mark.apache
 T = 5

@@ -17,10 +17,10 @@ import starfile
 import tifffile
 
 import empiarfs
-from empiarfs import api
+from empiarfs.archive_server import ArchiveServer
 from empiarfs.errors import BadFile, InvalidInput, NotFound, UnsupportedFormat
-from empiarfs.fs import EmpiarFS
-from empiarfs.server import ArchiveServer
+from empiarfs.namespace.filesystem import EmpiarFS
+from empiarfs.pyapi import api
 
 BLOCK = 64 * 1024
 STACK = "EMPIAR-10002/data/102_movie_gc.mrcs"      # float32, no extended header

@@ -9,9 +9,9 @@ import socket
 
 import pytest
 
-from empiarfs.archive.client import Archive, compress_spec
+from empiarfs.archive_server import ArchiveServer
 from empiarfs.errors import BadResponse, InvalidInput, NotFound
-from empiarfs.server import ArchiveServer
+from empiarfs.remote.archive import Archive, compress_spec
 
 
 def expected_tree(manifest):

@@ -16,7 +16,6 @@ import subprocess
 import sys
 
 import pytest
-
 from support.mounting import fuse_available
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -16,17 +16,17 @@ import numpy as np
 import pytest
 import tifffile
 from click.testing import CliRunner
+from support.archive import env_for
 
 import empiarfs
-from empiarfs import api
-from empiarfs.errors import BadFile
+from empiarfs.archive_server import ArchiveServer
+from empiarfs.archive_server.sample import make_sample
 from empiarfs.cli import main
+from empiarfs.errors import BadFile
 from empiarfs.formats.bz2 import RandomBz2, build_index, decode_offsets, encode_offsets
 from empiarfs.formats.bz2_index import IndexStore, key_for_local, key_for_remote
-from empiarfs.fs import EmpiarFS
-from empiarfs.sample import make_sample
-from empiarfs.server import ArchiveServer
-from support.archive import env_for
+from empiarfs.namespace.filesystem import EmpiarFS
+from empiarfs.pyapi import api
 
 BLOCK = 4096
 FRAMES, SIDE = 40, 384

@@ -2,9 +2,7 @@
 
 import pytest
 
-from empiarfs.cache.blocks import (
-    Request, block_count, block_span, blocks_for, coalesce,
-)
+from empiarfs.cache.blocks import Request, block_count, block_span, blocks_for, coalesce
 
 BS = 256 * 1024
 

@@ -6,11 +6,11 @@ import json
 
 import pytest
 
-from empiarfs.catalog import Catalog
 from empiarfs.config import Settings
 from empiarfs.errors import NotFound, RemoteError
-from empiarfs.metastore import MetaStore
 from empiarfs.model import FileInfo
+from empiarfs.namespace.catalog import Catalog
+from empiarfs.namespace.metastore import MetaStore
 
 RECORD = {
     "title": "A test entry",

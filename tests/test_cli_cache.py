@@ -8,9 +8,9 @@ import json
 
 import pytest
 from click.testing import CliRunner
+from support.archive import env_for
 
 from empiarfs.cli import main
-from support.archive import env_for
 
 
 @pytest.fixture

@@ -10,9 +10,9 @@ import sys
 
 import pytest
 from click.testing import CliRunner
+from support.archive import env_for
 
 from empiarfs.cli import main
-from support.archive import env_for
 
 SCRIPT = os.path.join(os.path.dirname(sys.executable), "empiarfs")
 

@@ -16,11 +16,11 @@ import pandas as pd
 import pytest
 import starfile
 from distributed import Client, LocalCluster
+from support.archive import settings_for
 
 import empiarfs
 from empiarfs.errors import BadFile, InvalidInput, NotFound, UnsupportedFormat
 from empiarfs.pyapi.arrays import frame_stack
-from support.archive import settings_for
 
 IMAGESET = "Movie stacks of 80S ribosomes"
 

@@ -12,8 +12,8 @@ import pandas as pd
 import pytest
 import starfile
 
-from empiarfs.dataset import EmpiarDataset, Item
 from empiarfs.errors import BadFile, InvalidInput
+from empiarfs.pyapi.dataset import EmpiarDataset, Item
 
 
 @pytest.fixture

@@ -14,17 +14,23 @@ import time
 
 import pytest
 
-from empiarfs.archive.client import Archive
+from empiarfs.archive_server import ArchiveServer
 from empiarfs.config import Settings
-from empiarfs.download import (
-    DiskCacheSource, Downloader, OutputError, Target, destination,
-    parse_list_line, read_sidecar, targets_for,
-)
 from empiarfs.errors import InvalidInput
-from empiarfs.fs import EmpiarFS
-from empiarfs.http import Transport
-from empiarfs.select import Selector
-from empiarfs.server import ArchiveServer
+from empiarfs.namespace.filesystem import EmpiarFS
+from empiarfs.namespace.select import Selector
+from empiarfs.remote.archive import Archive
+from empiarfs.remote.transport import Transport
+from empiarfs.tools.download import (
+    DiskCacheSource,
+    Downloader,
+    OutputError,
+    Target,
+    destination,
+    parse_list_line,
+    read_sidecar,
+    targets_for,
+)
 
 
 def sha256(path) -> str:

@@ -11,13 +11,13 @@ import os
 import numpy as np
 import pytest
 import tifffile
+from support.eer import random_movie
 
 import empiarfs
-from empiarfs import api
+from empiarfs.archive_server.sample import EER_FRAMES, EER_MOVIE, EER_SIZE
 from empiarfs.errors import BadFile, InvalidInput
-from empiarfs.fs import EmpiarFS
-from empiarfs.sample import EER_FRAMES, EER_MOVIE, EER_SIZE
-from support.eer import random_movie
+from empiarfs.namespace.filesystem import EmpiarFS
+from empiarfs.pyapi import api
 
 BLOCK = 4096
 MOVIE = f"EMPIAR-10934/{EER_MOVIE}"

@@ -15,15 +15,19 @@ import pytest
 import yaml
 from click.testing import CliRunner
 
-from empiarfs.archive import codes
-from empiarfs.archive.metadata import parse_entry, unwrap
 from empiarfs.cli import main
-from empiarfs.export import tags
-from empiarfs.export.deposition import (IncompleteDeposition, deposition_from_lambda_ber,
-                                        entry_to_deposition, split_author_name)
-from empiarfs.export.lambda_ber import dump, entry_to_lambda_ber, load
 from empiarfs.errors import InvalidInput
+from empiarfs.export import tags
+from empiarfs.export.deposition import (
+    IncompleteDeposition,
+    deposition_from_lambda_ber,
+    entry_to_deposition,
+    split_author_name,
+)
+from empiarfs.export.lambda_ber import dump, entry_to_lambda_ber, load
 from empiarfs.model import FileInfo
+from empiarfs.remote import codes
+from empiarfs.remote.metadata import parse_entry, unwrap
 
 REFERENCE = Path(__file__).resolve().parents[2] / "shared" / "reference"
 LAMBDA_SCHEMA = REFERENCE / "lambda-ber" / "lambda_ber_schema.yaml"
@@ -134,7 +138,7 @@ def archive_root(request, tmp_path_factory):
     try:
         return Path(request.getfixturevalue("sample_root"))
     except pytest.FixtureLookupError:
-        from empiarfs.sample import make_sample
+        from empiarfs.archive_server.sample import make_sample
         root = tmp_path_factory.mktemp("export-sample")
         make_sample(root, many_files=5)
         return root
@@ -489,7 +493,7 @@ def test_cli_deposition_rejects_non_mapping(tmp_path):
 
 
 def test_cli_export_from_archive_server(archive_root, validator, tmp_path):
-    from empiarfs.server import ArchiveServer
+    from empiarfs.archive_server import ArchiveServer
     accession = sorted((archive_root / "api").glob("EMPIAR-*.json"))[0].stem
     with ArchiveServer(archive_root) as server:
         urls = ["--api-url", server.api_url, "--data-url", server.data_url, "--ftp-url", ""]

@@ -17,9 +17,15 @@ import threading
 import time
 
 import pytest
-
 from support.faultproxy import check_read
-from support.mounting import EMPIARFS, mount_args, mounted, requires_fuse, stats, unmount
+from support.mounting import (
+    EMPIARFS,
+    mount_args,
+    mounted,
+    requires_fuse,
+    stats,
+    unmount,
+)
 
 pytestmark = [requires_fuse, pytest.mark.fuse]
 

@@ -21,10 +21,16 @@ import time
 import types
 
 import pytest
-
-from empiarfs.server import ArchiveServer
-from support.faultproxy import FaultProxy, Rule, check_read, read_in_thread, sha256_bytes
+from support.faultproxy import (
+    FaultProxy,
+    Rule,
+    check_read,
+    read_in_thread,
+    sha256_bytes,
+)
 from support.mounting import mounted, requires_fuse, stats
+
+from empiarfs.archive_server import ArchiveServer
 
 pytestmark = [requires_fuse, pytest.mark.fuse]
 
@@ -32,7 +38,7 @@ DEADLINE = 5.0
 MARGIN = 3.0
 # One read() call is held to one deadline: when the kernel's read-ahead
 # request fails it retries the page synchronously, and the daemon fails that
-# retry at once (fuse_ops.FAILURE_HOLD) instead of waiting a second deadline.
+# retry at once (empiarfs.fuse.operations.FAILURE_HOLD) instead of waiting a second deadline.
 READ_BOUND = DEADLINE + MARGIN
 STACKS = ["EMPIAR-10002/data/100_movie_gc.mrcs", "EMPIAR-10002/data/102_movie_gc.mrcs",
           "EMPIAR-10002/data/106_movie_gc.mrcs"]

@@ -30,16 +30,16 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
-
-from empiarfs.archive.client import Archive
-from empiarfs.errors import StaleFile
-from empiarfs.sample import make_sample
-from empiarfs.server import ArchiveServer
-from empiarfs.server.faults import CUT_PLACES, FAULT_KINDS, LIE_KINDS, Faults
 from support.apache import ApacheTwin, unavailable_reason
 from support.archive import settings_for
 from support.faultproxy import FaultProxy, Rule, check_read, read_in_thread
 from support.mounting import mounted, requires_fuse
+
+from empiarfs.archive_server import ArchiveServer
+from empiarfs.archive_server.faults import CUT_PLACES, FAULT_KINDS, LIE_KINDS, Faults
+from empiarfs.archive_server.sample import make_sample
+from empiarfs.errors import StaleFile
+from empiarfs.remote.archive import Archive
 
 T = 5.0
 MOVIE = "/10002/data/100_movie_gc.mrcs"
@@ -410,7 +410,7 @@ def client_settings(server, tmp_path, **extra):
 
 
 def true_stat(sample_root, rel):
-    from empiarfs.server.http import etag_for
+    from empiarfs.archive_server.httpd import etag_for
 
     st = os.stat(os.path.join(sample_root, "world_availability", "10002", rel))
     return st.st_size, etag_for(st), st.st_mtime

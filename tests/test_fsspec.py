@@ -12,9 +12,8 @@ import mrcfile
 import pytest
 
 import empiarfs
-
 from empiarfs.errors import ReadOnly
-from empiarfs.fsspec_impl import EmpiarFileSystem
+from empiarfs.pyapi.protocol import EmpiarFileSystem
 
 STACK = "EMPIAR-10002/data/100_movie_gc.mrcs"
 

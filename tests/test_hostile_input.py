@@ -14,7 +14,6 @@ import os
 import types
 
 import pytest
-
 from support.faultproxy import FaultProxy, Rule, check_read, read_in_thread
 from support.mounting import mounted, requires_fuse
 

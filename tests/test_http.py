@@ -12,17 +12,23 @@ import time
 
 import pytest
 
+from empiarfs.archive_server import ArchiveServer, Faults
 from empiarfs.config import Settings
-from empiarfs.errors import BadResponse, DeadlineExceeded, NotFound, RemoteError, StaleFile
-from empiarfs.http import (
+from empiarfs.errors import (
+    BadResponse,
+    DeadlineExceeded,
+    NotFound,
+    RemoteError,
+    StaleFile,
+)
+from empiarfs.model import Fingerprint
+from empiarfs.remote.transport import (
     RetryPolicy,
     Transport,
     TransportStats,
     parse_content_range,
     parse_retry_after,
 )
-from empiarfs.model import Fingerprint
-from empiarfs.server import ArchiveServer, Faults
 
 SIZE = 300_000
 FILE = bytes(random.Random(7).getrandbits(8) for _ in range(SIZE))

@@ -16,8 +16,8 @@ import pytest
 
 from empiarfs.config import Settings
 from empiarfs.errors import BadResponse, StaleFile
-from empiarfs.http import Transport
 from empiarfs.model import Fingerprint
+from empiarfs.remote.transport import Transport
 
 BODY = bytes(range(256)) * 8  # 2048 bytes
 ETAG = '"800-5f1e2d3c4b5a6"'
@@ -213,7 +213,7 @@ LISTING = (b"<!DOCTYPE HTML PUBLIC \"-//W3C//DTD HTML 3.2 Final//EN\">\n<html><h
 def test_close_delimited_listing_cut_short_is_retried(serve, transport):
     http10 = reply(headers=[("Content-Type", "text/html")], version="HTTP/1.0")
     server = serve(http10 + LISTING[: LISTING.index(b"g.bin")], http10 + LISTING)
-    from empiarfs.archive.listing import listing_looks_complete
+    from empiarfs.remote.listing import listing_looks_complete
 
     text = transport.get_text(server.url.rsplit("/", 1)[0] + "/", complete=listing_looks_complete)
     assert "g.bin" in text and server.served == 2
@@ -223,7 +223,7 @@ def test_listing_cut_inside_its_headers_is_retried(serve, transport):
     whole = reply(headers=[("Content-Type", "text/html"), ("Content-Length", len(LISTING)),
                            ("Connection", "close")], body=LISTING)
     server = serve(cut_inside(whole, b"Content-Type: ", 4), whole)
-    from empiarfs.archive.listing import parse_listing
+    from empiarfs.remote.listing import parse_listing
 
     url = server.url.rsplit("/", 1)[0] + "/"
     rows = transport.get_text(url, parse=lambda text: parse_listing(text, url))

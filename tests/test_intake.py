@@ -18,13 +18,19 @@ import numpy as np
 import pytest
 import tifffile
 from intake.readers.entry import Catalog
-
-from empiarfs.errors import InvalidInput, NotFound
-from empiarfs.pyapi.intake_catalog import (EMPIARArchive, EMPIARArchiveReader, EMPIAREntry,
-                                           EMPIAREntryReader, EMPIARImageSet, catalog)
-from empiarfs.pyapi.workerfs import options_from_settings
-from empiarfs.sample import sample_entries
 from support.archive import settings_for
+
+from empiarfs.archive_server.sample import sample_entries
+from empiarfs.errors import InvalidInput, NotFound
+from empiarfs.pyapi.intake_catalog import (
+    EMPIARArchive,
+    EMPIARArchiveReader,
+    EMPIAREntry,
+    EMPIAREntryReader,
+    EMPIARImageSet,
+    catalog,
+)
+from empiarfs.pyapi.workerfs import options_from_settings
 
 IMAGESET = "Movie stacks of 80S ribosomes"
 

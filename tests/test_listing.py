@@ -6,13 +6,13 @@ import time
 
 import pytest
 
-from empiarfs.archive.listing import (
+from empiarfs.errors import BadResponse
+from empiarfs.remote.listing import (
     ListingRow,
     parse_listing,
     parse_listing_date,
     parse_size_hint,
 )
-from empiarfs.errors import BadResponse
 
 BASE = "https://ftp.ebi.ac.uk/empiar/world_availability/10002/data/"
 

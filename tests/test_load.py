@@ -13,7 +13,6 @@ import time
 from collections import Counter
 
 import pytest
-
 from support.faultproxy import daemon_pid, proc_sample, run_load
 from support.mounting import mounted, requires_fuse, stats
 

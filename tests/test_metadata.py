@@ -5,9 +5,9 @@ import os
 
 import pytest
 
-from empiarfs.archive import accession as acc
-from empiarfs.archive.metadata import clean_directory, parse_entry, unwrap
 from empiarfs.errors import BadResponse, InvalidInput
+from empiarfs.remote import accession as acc
+from empiarfs.remote.metadata import clean_directory, parse_entry, unwrap
 
 REFERENCE = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "reference", "empiar")
 

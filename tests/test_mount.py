@@ -24,9 +24,17 @@ import numpy as np
 import pytest
 import starfile
 import tifffile
+from support.mounting import (
+    EMPIARFS,
+    mount_args,
+    mounted,
+    requires_fuse,
+    sha256_of,
+    stats,
+    unmount,
+)
 
-from empiarfs.server import ArchiveServer
-from support.mounting import EMPIARFS, mount_args, mounted, requires_fuse, sha256_of, stats, unmount
+from empiarfs.archive_server import ArchiveServer
 
 pytestmark = [requires_fuse, pytest.mark.fuse]
 

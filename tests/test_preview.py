@@ -11,14 +11,14 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 from PIL import Image
+from support.archive import env_for
 
 import empiarfs
+from empiarfs.archive_server.sample import EER_MOVIE
 from empiarfs.cli import main
 from empiarfs.errors import InvalidInput, NotFound
 from empiarfs.namespace.filesystem import EmpiarFS
-from empiarfs.archive_server.sample import EER_MOVIE
 from empiarfs.tools.preview import render, spread
-from support.archive import env_for
 
 BLOCK = 64 * 1024
 STACK = "EMPIAR-10002/data/103_movie_gc.mrcs"   # 12 x 256 x 256 int16, FEI1 extended header

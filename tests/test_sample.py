@@ -12,8 +12,8 @@ import mrcfile
 import starfile
 import tifffile
 
-from empiarfs.archive.metadata import parse_entry, unwrap
-from empiarfs.sample import make_sample, sample_entries
+from empiarfs.archive_server.sample import make_sample, sample_entries
+from empiarfs.remote.metadata import parse_entry, unwrap
 
 
 def _wa(root, entry, rel):

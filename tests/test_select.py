@@ -8,9 +8,9 @@ import re
 
 import pytest
 
-from empiarfs.archive.client import Archive
 from empiarfs.errors import InvalidInput, NotFound
-from empiarfs.select import Selector, select_paths, split_target, walk
+from empiarfs.namespace.select import Selector, select_paths, split_target, walk
+from empiarfs.remote.archive import Archive
 
 PATHS = [
     "10002.xml",

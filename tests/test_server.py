@@ -15,9 +15,9 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 import requests
 
-from empiarfs.sample import make_sample
-from empiarfs.server import ArchiveServer, Faults
-from empiarfs.server.autoindex import strfsize
+from empiarfs.archive_server import ArchiveServer, Faults
+from empiarfs.archive_server.autoindex import strfsize
+from empiarfs.archive_server.sample import make_sample
 
 T = 5  # seconds; every request has a timeout
 MOVIE = "/10002/data/100_movie_gc.mrcs"

@@ -11,8 +11,9 @@ import socket
 import subprocess
 import sys
 
-from empiarfs.config import Settings, parse_size
 from support.archive import env_for
+
+from empiarfs.config import Settings, parse_size
 
 DOC = pathlib.Path(__file__).resolve().parents[1] / "docs" / "settings.md"
 EMPIARFS = os.path.join(os.path.dirname(sys.executable), "empiarfs")
@@ -60,5 +61,5 @@ def test_log_level_setting_reaches_the_cli(tmp_path):
     loud = subprocess.run([EMPIARFS, "info", "EMPIAR-10002"], env=dict(env, EMPIARFS_LOG_LEVEL="info"),
                           capture_output=True, text=True, timeout=60)
     assert quiet.returncode == loud.returncode == 1
-    assert " INFO empiarfs.http: retrying" in loud.stderr
+    assert " INFO empiarfs.remote.transport: retrying" in loud.stderr
     assert " INFO " not in quiet.stderr

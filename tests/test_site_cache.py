@@ -28,17 +28,17 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 import requests
-
-from empiarfs.config import MiB, Settings
-from empiarfs.errors import InvalidInput, StaleFile
-from empiarfs.http import Transport
-from empiarfs.model import Fingerprint
-from empiarfs.remote.site_route import SiteRoute
-from empiarfs.sample import make_sample
-from empiarfs.server import ArchiveServer
-from empiarfs.tools import site_cache as tool
 from support.archive import settings_for
 from support.mounting import EMPIARFS, mounted, requires_fuse, stats
+
+from empiarfs.archive_server import ArchiveServer
+from empiarfs.archive_server.sample import make_sample
+from empiarfs.config import MiB, Settings
+from empiarfs.errors import InvalidInput, StaleFile
+from empiarfs.model import Fingerprint
+from empiarfs.remote.site_route import SiteRoute
+from empiarfs.remote.transport import Transport
+from empiarfs.tools import site_cache as tool
 
 NGINX = shutil.which("nginx") or "/usr/sbin/nginx"
 requires_nginx = pytest.mark.skipif(

@@ -15,12 +15,12 @@ import sys
 import mrcfile
 import numpy as np
 import pytest
+from support.archive import env_for
 
 from empiarfs.cache.stats import RecentErrors
 from empiarfs.config import Settings
 from empiarfs.errors import InvalidInput
-from empiarfs.mount import LIBFUSE3_MISSING, MountError, choose_libfuse
-from support.archive import env_for
+from empiarfs.fuse.mount import LIBFUSE3_MISSING, MountError, choose_libfuse
 
 EMPIARFS = os.path.join(os.path.dirname(sys.executable), "empiarfs")
 
@@ -82,7 +82,7 @@ def test_api_falls_back_to_memory_with_one_warning(env, unwritable, sample_root)
     path = "EMPIAR-10002/data/100_movie_gc.mrcs"
     code = ("import sys, numpy, empiarfs\n"
             f"stack = empiarfs.load('empiar://{path}', frames=slice(0, 2))\n"
-            "fs = empiarfs.api.default_fs()\n"
+            "fs = empiarfs.pyapi.api.default_fs()\n"
             "assert fs.disk is None, fs.disk\n"
             "numpy.save(sys.stdout.buffer, stack)\n")
     result = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,

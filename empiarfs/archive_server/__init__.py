@@ -1,13 +1,13 @@
 """An EMPIAR-compatible archive server for tests, demos and local mirrors.
 
-Serves a tree made by :func:`empiarfs.sample.make_sample` (or any tree of the
+Serves a tree made by :func:`empiarfs.archive_server.sample.make_sample` (or any tree of the
 same shape) on loopback::
 
     root/api/EMPIAR-N.json              -> /empiar/api/entry/N
     root/world_availability/N/...       -> /empiar/world_availability/N/...
                                            (and ftp://.../empiar/world_availability/N/...)
 
-with run-time fault knobs (:class:`~empiarfs.server.faults.Faults`).
+with run-time fault knobs (:class:`~empiarfs.archive_server.faults.Faults`).
 Stands alone: imports nothing from the client side of empiarfs.
 
 Example
@@ -23,9 +23,9 @@ import logging
 import os
 import threading
 
-from .api import Api
-from .faults import Decision, Faults, Stats
-from .http import API_PREFIX, DATA_PREFIX, HttpFrontend
+from empiarfs.archive_server.entry_api import Api
+from empiarfs.archive_server.faults import Decision, Faults, Stats
+from empiarfs.archive_server.httpd import API_PREFIX, DATA_PREFIX, HttpFrontend
 
 log = logging.getLogger(__name__)
 
@@ -83,7 +83,7 @@ class ArchiveServer:
         if self._started:
             return self
         if self._want_ftp:
-            from .ftp import FtpFrontend  # pyftpdlib only when FTP is wanted
+            from empiarfs.archive_server.ftpd import FtpFrontend
 
             self._ftp = FtpFrontend(self.data_root, self.host, self._ftp_port)
             self._ftp.start()

@@ -29,8 +29,14 @@ from email.utils import formatdate
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import unquote
 
-from . import autoindex
-from .faults import NO_FAULT, Decision, Reply, place_cut, tell_lie
+from empiarfs.archive_server import autoindex
+from empiarfs.archive_server.faults import (
+    NO_FAULT,
+    Decision,
+    Reply,
+    place_cut,
+    tell_lie,
+)
 
 log = logging.getLogger(__name__)
 

@@ -1,6 +1,6 @@
 """A small, deterministic EMPIAR-shaped archive on local disk.
 
-:func:`make_sample` writes the tree that :class:`empiarfs.server.ArchiveServer`
+:func:`make_sample` writes the tree that :class:`empiarfs.archive_server.ArchiveServer`
 serves (``api/EMPIAR-N.json``, ``world_availability/N/N.xml`` and
 ``world_availability/N/data/...``) plus ``manifest.json``: size and SHA-256 of
 every file, so tests can compare what a client reads with the truth.

@@ -64,9 +64,9 @@ from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Optional, Union
 
-from ..errors import EmpiarfsError
-from ..model import Fingerprint
-from .. import ranges
+from empiarfs import ranges
+from empiarfs.errors import EmpiarfsError
+from empiarfs.model import Fingerprint
 
 log = logging.getLogger(__name__)
 

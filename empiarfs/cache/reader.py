@@ -51,13 +51,13 @@ from collections import deque
 from dataclasses import dataclass
 from typing import Callable, Optional
 
-from ..errors import BadResponse, DeadlineExceeded, RemoteError, StaleFile
-from ..model import Fingerprint
-from .. import ranges
-from .blocks import Request, blocks_for, coalesce
-from .disk import DiskStore
-from .memory import MemoryLRU
-from .stats import ReaderStats
+from empiarfs import ranges
+from empiarfs.cache.blocks import Request, blocks_for, coalesce
+from empiarfs.cache.disk import DiskStore
+from empiarfs.cache.memory import MemoryLRU
+from empiarfs.cache.stats import ReaderStats
+from empiarfs.errors import BadResponse, DeadlineExceeded, RemoteError, StaleFile
+from empiarfs.model import Fingerprint
 
 log = logging.getLogger(__name__)
 

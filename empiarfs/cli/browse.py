@@ -6,11 +6,11 @@ import time
 
 import click
 
-from . import archive_options, main, settings_from
-from .output import Counter, echo_json, human, table
-from ..archive.accession import normalize, normalize_emdb
-from ..errors import InvalidInput, NotFound
-from ..select import Selector, find, split_target, walk
+from empiarfs.cli import archive_options, main, settings_from
+from empiarfs.cli.output import Counter, echo_json, human, table
+from empiarfs.errors import InvalidInput, NotFound
+from empiarfs.namespace.select import Selector, find, split_target, walk
+from empiarfs.remote.accession import normalize, normalize_emdb
 
 URL_SCHEMES = ("https", "ftp")
 
@@ -18,7 +18,7 @@ URL_SCHEMES = ("https", "ftp")
 def _archive(settings):
     # Imported late so `empiarfs --help` stays fast and works while the
     # archive layer is being changed.
-    from ..archive.client import Archive
+    from empiarfs.remote.archive import Archive
 
     return Archive(settings)
 
@@ -226,7 +226,7 @@ def search(ctx, text, category, fmt, experiment_type, emdb, as_json, api_url, da
       empiarfs search --experiment-type FIB-SEM --json
       empiarfs search --emdb EMD-2275
     """
-    from ..search import SearchIndex, index_path, record_of
+    from empiarfs.tools.search import SearchIndex, index_path, record_of
 
     settings = _settings(ctx, api_url, data_url, ftp_url)
     words = " ".join(text)
@@ -286,8 +286,8 @@ def index_update(ctx, spec, refresh, as_json, api_url, data_url, ftp_url):
       empiarfs index update
       empiarfs index update --range 10000-10100 --json
     """
-    from ..fs import check_cache_dir
-    from ..search import SearchIndex, index_path
+    from empiarfs.namespace.filesystem import check_cache_dir
+    from empiarfs.tools.search import SearchIndex, index_path
 
     settings = _settings(ctx, api_url, data_url, ftp_url)
     # Before fetching: the index is saved there once everything is fetched.
@@ -313,7 +313,7 @@ def index_update(ctx, spec, refresh, as_json, api_url, data_url, ftp_url):
 @click.pass_context
 def index_info(ctx, as_json):
     """Where the index is, how many entries it holds and when it was updated."""
-    from ..search import SearchIndex, index_path
+    from empiarfs.tools.search import SearchIndex, index_path
 
     index_ = SearchIndex(index_path(settings_from(ctx.obj)))
     data = {"path": str(index_.path), "entries": len(index_),

@@ -13,17 +13,17 @@ from concurrent.futures import ThreadPoolExecutor
 
 import click
 
-from . import archive_options, main, settings_from
-from .output import DownloadProgress, echo_json, human, table
-from ..download import FileResult, Target
-from ..errors import InvalidInput
-from ..select import Selector, split_target, walk
+from empiarfs.cli import archive_options, main, settings_from
+from empiarfs.cli.output import DownloadProgress, echo_json, human, table
+from empiarfs.errors import InvalidInput
+from empiarfs.namespace.select import Selector, split_target, walk
+from empiarfs.tools.download import FileResult, Target
 
 _GLOB_CHARS = re.compile(r"[*?\[]")
 
 
 def _open_fs(ctx, api_url=None, data_url=None, ftp_url=None):
-    from ..fs import EmpiarFS
+    from empiarfs.namespace.filesystem import EmpiarFS
 
     settings = settings_from(ctx.obj, api_url=api_url, data_url=data_url, ftp_url=ftp_url)
     fs = EmpiarFS(settings)
@@ -249,8 +249,8 @@ def _index_bz2(fs, node, path: str) -> None:
     """Build and keep a .bz2 file's block index (its bytes are cached by now)."""
     import io
 
-    from ..formats.bz2 import build_index, encode_offsets
-    from ..formats.bz2_index import IndexStore, key_for_remote
+    from empiarfs.formats.bz2 import build_index, encode_offsets
+    from empiarfs.formats.bz2_index import IndexStore, key_for_remote
 
     store = IndexStore.in_cache_dir(fs.settings.cache_dir)
     with io.BufferedReader(fs.open(path), buffer_size=1 << 20) as fh:

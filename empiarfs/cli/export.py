@@ -7,11 +7,11 @@ import logging
 
 import click
 
-from ..archive.client import Archive
-from ..errors import EmpiarfsError, InvalidInput
-from ..export import deposition as deposition_mod
-from ..export import lambda_ber
-from . import archive_options, main, settings_from
+from empiarfs.cli import archive_options, main, settings_from
+from empiarfs.errors import EmpiarfsError, InvalidInput
+from empiarfs.export import deposition as deposition_mod
+from empiarfs.export import lambda_ber
+from empiarfs.remote.archive import Archive
 
 log = logging.getLogger(__name__)
 

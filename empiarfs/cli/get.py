@@ -6,11 +6,16 @@ import logging
 
 import click
 
-from . import EXIT_ERROR, archive_options, main, settings_from
-from .output import DownloadProgress, echo_json, human, rate, table
-from ..download import DiskCacheSource, Downloader, targets_for, targets_from_lines
-from ..errors import InvalidInput
-from ..select import Selector, split_target
+from empiarfs.cli import EXIT_ERROR, archive_options, main, settings_from
+from empiarfs.cli.output import DownloadProgress, echo_json, human, rate, table
+from empiarfs.errors import InvalidInput
+from empiarfs.namespace.select import Selector, split_target
+from empiarfs.tools.download import (
+    DiskCacheSource,
+    Downloader,
+    targets_for,
+    targets_from_lines,
+)
 
 log = logging.getLogger(__name__)
 
@@ -21,12 +26,12 @@ def open_resources(settings, use_cache: bool = True):
     The disk cache belongs to one process at a time; when a mount holds
     it, downloads simply go to the network.
     """
-    from ..archive.client import Archive
-    from ..http import Transport
+    from empiarfs.remote.archive import Archive
+    from empiarfs.remote.transport import Transport
 
     if use_cache and settings.cache_dir and settings.cache_size > 0:
-        from ..cache.disk import CacheLocked
-        from ..fs import CacheUnavailable, EmpiarFS
+        from empiarfs.cache.disk import CacheLocked
+        from empiarfs.namespace.filesystem import CacheUnavailable, EmpiarFS
 
         try:
             fs = EmpiarFS(settings)

@@ -9,8 +9,8 @@ import time
 
 import click
 
-from . import archive_options, main, settings_from
-from ..errors import InvalidInput
+from empiarfs.cli import archive_options, main, settings_from
+from empiarfs.errors import InvalidInput
 
 CACHE_OPTIONS = [
     click.option("--cache-dir", default=None, type=click.Path(file_okay=False),
@@ -50,8 +50,8 @@ def _settings(ctx, **kw):
 def _serve_mount(settings, mountpoint, foreground, debug, before=None, source=None,
                  nonempty=False):
     """Mount in this process (foreground) or in a detached child."""
-    from ..fs import EmpiarFS, check_cache_dir
-    from ..mount import check_mountpoint, daemonize_and_mount, run_fuse
+    from empiarfs.fuse.mount import check_mountpoint, daemonize_and_mount, run_fuse
+    from empiarfs.namespace.filesystem import EmpiarFS, check_cache_dir
 
     mountpoint = check_mountpoint(mountpoint, nonempty=nonempty)
     if settings.cache_dir:
@@ -110,7 +110,7 @@ def umount(mountpoint, lazy):
     Example:
       empiarfs umount /mnt/empiar
     """
-    from ..mount import unmount
+    from empiarfs.fuse.mount import unmount
 
     unmount(mountpoint, lazy=lazy)
     click.echo(f"empiarfs: unmounted {mountpoint}")
@@ -136,14 +136,14 @@ def demo(ctx, mountpoint, root, many_files, foreground, nonempty, **kw):
       ls -l /tmp/empiar/EMPIAR-10002/data
       empiarfs umount /tmp/empiar
     """
-    from ..sample import make_sample
+    from empiarfs.archive_server.sample import make_sample
 
     settings = _settings(ctx, **kw)
     if not kw.get("cache_dir"):
         settings = settings.replace(cache_dir=os.path.join(settings.cache_dir, "demo"))
     # Checked before the sample is made, which takes a while.
-    from ..fs import check_cache_dir
-    from ..mount import check_mountpoint
+    from empiarfs.fuse.mount import check_mountpoint
+    from empiarfs.namespace.filesystem import check_cache_dir
 
     check_mountpoint(mountpoint, nonempty=nonempty)
     check_cache_dir(settings.cache_dir)
@@ -154,7 +154,7 @@ def demo(ctx, mountpoint, root, many_files, foreground, nonempty, **kw):
 
     def start_server():
         # Runs in the daemon child: the server's threads must start after fork.
-        from ..server import ArchiveServer
+        from empiarfs.archive_server import ArchiveServer
 
         server = ArchiveServer(root, ftp=True)
         server.start()

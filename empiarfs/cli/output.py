@@ -13,8 +13,8 @@ import time
 
 import click
 
-from ..config import format_size
-from ..download import Listener
+from empiarfs.config import format_size
+from empiarfs.tools.download import Listener
 
 
 def is_tty(stream=None) -> bool:

@@ -8,8 +8,8 @@ import threading
 
 import click
 
-from ..config import parse_size
-from . import main
+from empiarfs.cli import main
+from empiarfs.config import parse_size
 
 
 @main.command()
@@ -47,7 +47,7 @@ def serve(root, host, port, ftp_port, rate, latency, stall, stall_seconds, trunc
     Replies cut anywhere, 1 in 20 (a flaky proxy):
       empiarfs serve /tmp/empiar-sample --cut 0.05 --stall 0.033
     """
-    from ..server import ArchiveServer, Faults
+    from empiarfs.archive_server import ArchiveServer, Faults
 
     knobs = dict(rate=float(parse_size(rate)) if rate else 0.0, latency=latency,
                  stall_probability=stall, stall_seconds=stall_seconds,
@@ -88,7 +88,7 @@ def serve(root, host, port, ftp_port, rate, latency, stall, stall_seconds, trunc
 @click.option("--large", default=None, metavar="SIZE", help="Also write a large MRCS of SIZE, e.g. 1G.")
 def sample(directory, seed, many_files, large):
     """Write the deterministic sample archive into DIRECTORY."""
-    from ..sample import make_sample
+    from empiarfs.archive_server.sample import make_sample
 
     manifest = make_sample(directory, seed=seed, many_files=many_files,
                            large_size=parse_size(large) if large else 0)

@@ -6,7 +6,7 @@ import sys
 
 import click
 
-from . import main
+from empiarfs.cli import main
 
 
 @main.command("site-cache")
@@ -48,7 +48,7 @@ def site_cache(listen, cache_dir, max_size, upstream, slice_size, ttl, user, acc
       empiarfs site-cache --listen 0.0.0.0:3128 --cache-dir /var/cache/empiarfs-site \\
           --max-size 200G --run
     """
-    from ..tools import site_cache as tool
+    from empiarfs.tools import site_cache as tool
 
     opts = tool.options(listen, cache_dir, max_size, upstream, slice_size=slice_size, ttl=ttl,
                         user=user, access_log=access_log)

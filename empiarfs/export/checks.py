@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import re
 
-from ..archive import codes
+from empiarfs.remote import codes
 
 NAME_RE = re.compile(r"^[^0-9!\"£$%^&*()]+$")
 AUTHOR_RE = re.compile(r"^\('[^0-9!\"£$%^&*()']+', '[^0-9!\"£$%^&*()']+'\)$")

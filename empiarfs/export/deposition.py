@@ -14,11 +14,11 @@ from __future__ import annotations
 import posixpath
 import re
 
-from ..archive import codes
-from ..errors import InvalidInput
-from ..model import Entry
-from . import checks, tags
-from .lambda_ber import entry_to_lambda_ber
+from empiarfs.errors import InvalidInput
+from empiarfs.export import checks, tags
+from empiarfs.export.lambda_ber import entry_to_lambda_ber
+from empiarfs.model import Entry
+from empiarfs.remote import codes
 
 DEFAULT_RELEASE = "RE"
 

@@ -27,11 +27,11 @@ from urllib.parse import quote
 
 import yaml
 
-from ..archive import codes
-from ..config import DEFAULT_DATA_URL
-from ..errors import InvalidInput
-from ..model import Author, Citation, Entry, FileInfo, ImageSet
-from . import tags
+from empiarfs.config import DEFAULT_DATA_URL
+from empiarfs.errors import InvalidInput
+from empiarfs.export import tags
+from empiarfs.model import Author, Citation, Entry, FileInfo, ImageSet
+from empiarfs.remote import codes
 
 log = logging.getLogger(__name__)
 
@@ -103,7 +103,7 @@ def entry_to_lambda_ber(entry: Entry, files: list[FileInfo] | None = None,
     Parameters
     ----------
     entry
-        The parsed entry (:func:`empiarfs.archive.metadata.parse_entry`).
+        The parsed entry (:func:`empiarfs.remote.metadata.parse_entry`).
     files
         Optional listing of the entry's files (paths relative to the entry
         root). With it, one ``DataFile`` per file in a known format (sizes

@@ -3,7 +3,7 @@
 Each reader touches only the bytes it needs (header, then the requested
 frames or pages), so when the file object is backed by range reads over
 the network only those bytes are fetched. None of them knows where the
-bytes come from: :mod:`empiarfs.api` opens the file, these parse it.
+bytes come from: :mod:`empiarfs.pyapi.api` opens the file, these parse it.
 
 =========  =====================================  ==========================
 module     reads                                  needs
@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import os
 
-from ..errors import UnsupportedFormat
+from empiarfs.errors import UnsupportedFormat
 
 MRC_SUFFIXES = (".mrc", ".mrcs", ".st", ".ali", ".rec", ".map")
 STAR_SUFFIXES = (".star",)

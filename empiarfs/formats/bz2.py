@@ -31,7 +31,7 @@ from typing import Optional
 
 import numpy as np
 
-from ..errors import BadFile, MissingDependency
+from empiarfs.errors import BadFile, MissingDependency
 
 log = logging.getLogger(__name__)
 

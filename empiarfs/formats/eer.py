@@ -40,8 +40,8 @@ from typing import Optional
 
 import numpy as np
 
-from ..errors import BadFile, InvalidInput, MissingDependency
-from .mrc import FrameSpec, frame_indices
+from empiarfs.errors import BadFile, InvalidInput, MissingDependency
+from empiarfs.formats.mrc import FrameSpec, frame_indices
 
 log = logging.getLogger(__name__)
 

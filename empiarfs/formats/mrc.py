@@ -17,7 +17,7 @@ from typing import Optional, Sequence, Union
 
 import numpy as np
 
-from ..errors import BadFile, InvalidInput, UnsupportedFormat
+from empiarfs.errors import BadFile, InvalidInput, UnsupportedFormat
 
 log = logging.getLogger(__name__)
 

@@ -11,7 +11,7 @@ import os
 import shutil
 import tempfile
 
-from ..errors import BadFile
+from empiarfs.errors import BadFile
 
 _COPY_CHUNK = 8 * 1024 * 1024
 

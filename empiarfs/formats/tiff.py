@@ -13,8 +13,8 @@ from typing import Optional
 
 import numpy as np
 
-from ..errors import BadFile, MissingDependency
-from .mrc import FrameSpec, frame_indices
+from empiarfs.errors import BadFile, MissingDependency
+from empiarfs.formats.mrc import FrameSpec, frame_indices
 
 EER_COMPRESSIONS = frozenset({65000, 65001, 65002})
 

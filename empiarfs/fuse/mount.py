@@ -22,7 +22,7 @@ import sys
 import threading
 import time
 
-from .errors import EmpiarfsError, InvalidInput
+from empiarfs.errors import EmpiarfsError, InvalidInput
 
 log = logging.getLogger(__name__)
 
@@ -132,7 +132,7 @@ def run_fuse(fs_factory, mountpoint: str, settings, *, foreground_debug: bool = 
     """Mount and serve until unmounted or signalled (SIGTERM/SIGINT unmount
     cleanly: libfuse installs the handlers)."""
     mfusepy = load_mfusepy()
-    from .fuse_ops import EmpiarOperations
+    from empiarfs.fuse.operations import EmpiarOperations
 
     max_read = 1024 * 1024
     operations = EmpiarOperations(fs_factory, max_read=max_read,

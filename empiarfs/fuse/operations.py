@@ -23,7 +23,7 @@ import time
 
 import mfusepy
 
-from .errors import EmpiarfsError
+from empiarfs.errors import EmpiarfsError
 
 log = logging.getLogger(__name__)
 

@@ -11,12 +11,12 @@ Layout (paths relative to the mount point)::
         imagesets/<name> -> ../data/...   one symlink per image set
     .empiarfs/stats.json           live counters (virtual, dynamic)
 
-Listings and entry records come from :mod:`empiarfs.archive` once, are kept
-in :class:`~empiarfs.metastore.MetaStore` for ``metadata_ttl`` seconds and
+Listings and entry records come from :mod:`empiarfs.remote.archive` once, are kept
+in :class:`~empiarfs.namespace.metastore.MetaStore` for ``metadata_ttl`` seconds and
 survive remounts; when the archive is unreachable, stale values are served.
 
-The virtual files are rendered by :mod:`empiarfs.virtual`; values are
-fetched once and kept fresh or stale by :class:`~empiarfs.metastore.FreshOrStale`.
+The virtual files are rendered by :mod:`empiarfs.namespace.virtual`; values are
+fetched once and kept fresh or stale by :class:`~empiarfs.namespace.metastore.FreshOrStale`.
 
 Lock order: ``_memo_lock`` is a leaf guarding the parsed-entry memo.
 """
@@ -32,13 +32,13 @@ from typing import Callable, Optional
 
 import cachetools
 
-from .archive import accession as accessions
-from .errors import EmpiarfsError, InvalidInput, NotFound, RemoteError
-from .archive.metadata import parse_entry
-from .metastore import FreshOrStale, MetaStore
-from .model import Entry, FileInfo
-from .paths import path_parts
-from .virtual import ENTRY_FILES, VirtualFiles, render_stats
+from empiarfs.errors import EmpiarfsError, InvalidInput, NotFound, RemoteError
+from empiarfs.model import Entry, FileInfo
+from empiarfs.namespace.metastore import FreshOrStale, MetaStore
+from empiarfs.namespace.virtual import ENTRY_FILES, VirtualFiles, render_stats
+from empiarfs.paths import path_parts
+from empiarfs.remote import accession as accessions
+from empiarfs.remote.metadata import parse_entry
 
 log = logging.getLogger(__name__)
 

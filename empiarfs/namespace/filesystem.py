@@ -16,16 +16,16 @@ import tempfile
 import threading
 import time
 
-from .archive.client import Archive
-from .cache.disk import CacheLocked, DiskStore
-from .cache.memory import MemoryLRU
-from .cache.reader import BlockReader, FileKey
-from .cache.stats import RecentErrors
-from .catalog import Catalog, Node
-from .config import Settings
-from .errors import EmpiarfsError, InvalidInput, NotFound, RemoteError
-from .http import Transport
-from .metastore import MetaStore
+from empiarfs.cache.disk import CacheLocked, DiskStore
+from empiarfs.cache.memory import MemoryLRU
+from empiarfs.cache.reader import BlockReader, FileKey
+from empiarfs.cache.stats import RecentErrors
+from empiarfs.config import Settings
+from empiarfs.errors import EmpiarfsError, InvalidInput, NotFound, RemoteError
+from empiarfs.namespace.catalog import Catalog, Node
+from empiarfs.namespace.metastore import MetaStore
+from empiarfs.remote.archive import Archive
+from empiarfs.remote.transport import Transport
 
 log = logging.getLogger(__name__)
 
@@ -72,7 +72,7 @@ def _memory_only(exc: Exception) -> None:
 
 
 class EmpiarFS:
-    """The whole archive as a read-only tree of :class:`~empiarfs.catalog.Node`.
+    """The whole archive as a read-only tree of :class:`~empiarfs.namespace.catalog.Node`.
 
     Parameters
     ----------

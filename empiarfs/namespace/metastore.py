@@ -22,7 +22,7 @@ import time
 
 import cachetools
 
-from .errors import NotFound, RemoteError
+from empiarfs.errors import NotFound, RemoteError
 
 log = logging.getLogger(__name__)
 

@@ -25,9 +25,9 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Callable, Iterable, Iterator
 
-from .errors import InvalidInput, NotFound
-from .model import FileInfo
-from .paths import clean_relpath
+from empiarfs.errors import InvalidInput, NotFound
+from empiarfs.model import FileInfo
+from empiarfs.paths import clean_relpath
 
 log = logging.getLogger(__name__)
 
@@ -193,7 +193,7 @@ def split_target(text: str) -> tuple[str, str]:
     InvalidInput
         If the first component is not an accession.
     """
-    from .archive.accession import normalize
+    from empiarfs.remote.accession import normalize
 
     text = text.strip()
     head, _, rest = text.lstrip("/").partition("/")

@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-from .model import Entry
+from empiarfs.model import Entry
 
 
 def _fmt(value, unit: str = "") -> str:

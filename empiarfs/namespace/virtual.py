@@ -14,10 +14,10 @@ from __future__ import annotations
 import json
 import threading
 
-from .errors import NotFound
-from .export.lambda_ber import dump, entry_to_lambda_ber
-from .model import Entry
-from .summary import render_summary
+from empiarfs.errors import NotFound
+from empiarfs.export.lambda_ber import dump, entry_to_lambda_ber
+from empiarfs.model import Entry
+from empiarfs.namespace.summary import render_summary
 
 ENTRY_JSON = "entry.json"
 README = "README.txt"

@@ -7,7 +7,7 @@ Every verb takes a *path*, which is one of:
   builtin :func:`open`, so the mount's block cache serves the bytes;
 * an archive path, ``EMPIAR-10002/data/100_movie_gc.mrcs`` or
   ``empiar://EMPIAR-10002/data/100_movie_gc.mrcs``: read through an
-  :class:`~empiarfs.fs.EmpiarFS`, with the same on-disk block cache as the
+  :class:`~empiarfs.namespace.filesystem.EmpiarFS`, with the same on-disk block cache as the
   mount (``Settings.cache_dir``), so no mount is needed;
 * an already open binary file object (then ``name=`` tells the format).
 
@@ -31,10 +31,10 @@ import re
 import threading
 from typing import Optional
 
-from .config import Settings
-from .errors import InvalidInput, NotFound
-from .formats import detect
-from .formats.mrc import FrameSpec, MrcData
+from empiarfs.config import Settings
+from empiarfs.errors import InvalidInput, NotFound
+from empiarfs.formats import detect
+from empiarfs.formats.mrc import FrameSpec, MrcData
 
 log = logging.getLogger(__name__)
 
@@ -92,13 +92,13 @@ def configure(settings: Optional[Settings] = None, **overrides) -> Settings:
 
 
 def default_fs():
-    """The module-level :class:`~empiarfs.fs.EmpiarFS`, created on first use.
+    """The module-level :class:`~empiarfs.namespace.filesystem.EmpiarFS`, created on first use.
 
     Thread-safe; a process forked after its creation gets a fresh one.
 
     Returns
     -------
-    empiarfs.fs.EmpiarFS
+    empiarfs.namespace.filesystem.EmpiarFS
 
     Raises
     ------
@@ -108,7 +108,7 @@ def default_fs():
     global _default, _default_pid
     with _lock:
         if _default is None or _default_pid != os.getpid():
-            from .fs import EmpiarFS
+            from empiarfs.namespace.filesystem import EmpiarFS
 
             # A default inherited through fork is not closed here: its
             # threads and sockets belong to the parent process.
@@ -147,7 +147,7 @@ def archive_path(path) -> Optional[str]:
     InvalidInput
         For an ``empiar://`` path without a valid accession, or with ``..``.
     """
-    from .select import split_target
+    from empiarfs.namespace.select import split_target
 
     text = os.fspath(path)
     if isinstance(text, bytes):
@@ -260,7 +260,7 @@ def _kind(path, name, expected: Optional[str] = None) -> tuple[str, bool]:
     label = _label(path, name)
     kind, compressed = detect(label)
     if expected and kind != expected:
-        from .errors import UnsupportedFormat
+        from empiarfs.errors import UnsupportedFormat
 
         raise UnsupportedFormat(f"{label}: is a {kind.upper()} file, not {expected.upper()} "
                                 f"(use empiarfs.load() to pick the reader by suffix)")
@@ -316,7 +316,7 @@ def load_mrc(path, *, frames: FrameSpec = None, header_only: bool = False, fs=No
     blocks that hold it. Before that, reaching frame ``n`` decompresses
     every byte before it, but nothing after the last frame requested.
     """
-    from .formats.mrc import read_mrc
+    from empiarfs.formats.mrc import read_mrc
 
     _, compressed = _kind(path, name, "mrc")
     partial = header_only or frames is not None
@@ -369,7 +369,7 @@ def load_tiff(path, *, pages: FrameSpec = None, fs=None, name: Optional[str] = N
     from then on a page costs only the bzip2 blocks that hold its
     directory and its strips.
     """
-    from .formats.tiff import read_tiff
+    from empiarfs.formats.tiff import read_tiff
 
     _, compressed = _kind(path, name, "tiff")
     with _Source(path, fs, name, random_access=pages is not None and not compressed) as src:
@@ -424,7 +424,7 @@ def load_eer(path, *, frames: FrameSpec = None, grouping: int = 1, upsampling: i
     RemoteError
         The archive could not be reached.
     """
-    from .formats.eer import check_options, read_eer
+    from empiarfs.formats.eer import check_options, read_eer
 
     check_options(grouping, upsampling)
     _, compressed = _kind(path, name, "tiff")
@@ -441,7 +441,7 @@ def _unbuffered(src: "_Source"):
     """The archive file under our read buffer: page-directory walks make
     many small reads far apart, and through the buffer each would fetch
     a whole buffer's worth instead of the block(s) it touches."""
-    from .fs import RemoteFile
+    from empiarfs.namespace.filesystem import RemoteFile
 
     raw = getattr(src.file, "raw", None)
     return raw if src.owned and isinstance(raw, RemoteFile) else src.file
@@ -451,8 +451,8 @@ def _random_bz2(path, fs, src: "_Source", build: bool = False):
     """A :class:`~empiarfs.formats.bz2.RandomBz2` over ``src``, with the block
     index kept under the cache directory in effect, keyed by the file's
     URL and version (archive and mount paths) or local path and mtime."""
-    from .formats.bz2 import RandomBz2
-    from .formats.bz2_index import IndexStore, key_for_local, key_for_remote
+    from empiarfs.formats.bz2 import RandomBz2
+    from empiarfs.formats.bz2_index import IndexStore, key_for_local, key_for_remote
 
     key = None
     remote = archive_path(path) if not _is_file(path) else None
@@ -513,12 +513,12 @@ def load_star(path, *, always_dict: bool = False, fs=None, name: Optional[str] =
     RemoteError
         The archive could not be reached.
     """
-    from .formats.star import read_star
+    from empiarfs.formats.star import read_star
 
     _, compressed = _kind(path, name, "star")
     with _Source(path, fs, name) as src:
         if compressed:
-            from .formats.bz2 import open_bz2
+            from empiarfs.formats.bz2 import open_bz2
 
             with open_bz2(src.file) as stream:
                 return read_star(stream, always_dict=always_dict, name=src.name)
@@ -563,7 +563,7 @@ def load(path, *, frames: FrameSpec = None, fs=None, name: Optional[str] = None,
     NotFound, BadFile, MissingDependency, RemoteError
         As for the format's own verb.
     """
-    from .formats.eer import is_eer_name
+    from empiarfs.formats.eer import is_eer_name
 
     kind, _ = _kind(path, name)
     if kind == "tiff" and is_eer_name(_label(path, name)):
@@ -584,7 +584,7 @@ def load(path, *, frames: FrameSpec = None, fs=None, name: Optional[str] = None,
 
 class _CatalogListing:
     """Adapts EmpiarFS's catalog to the ``listdir(acc, relpath)`` that
-    :func:`empiarfs.select.walk` expects, so walks share the mount's
+    :func:`empiarfs.namespace.select.walk` expects, so walks share the mount's
     persisted listing cache."""
 
     def __init__(self, fs):
@@ -661,7 +661,7 @@ class EntryView:
         RemoteError
             The archive could not be reached.
         """
-        from .select import Selector, walk
+        from empiarfs.namespace.select import Selector, walk
 
         if pattern and regex:
             raise InvalidInput("give either a glob pattern or regex=, not both")
@@ -687,9 +687,9 @@ class EntryView:
             If the exporter module is not available in this installation.
         """
         try:
-            from .export.lambda_ber import entry_to_lambda_ber
+            from empiarfs.export.lambda_ber import entry_to_lambda_ber
         except ImportError as exc:
-            from .errors import MissingDependency
+            from empiarfs.errors import MissingDependency
 
             raise MissingDependency(f"lambda-ber export is unavailable: {exc}") from exc
         return entry_to_lambda_ber(self.model)
@@ -721,7 +721,7 @@ def entry(accession, *, fs=None) -> EntryView:
     RemoteError
         The archive could not be reached.
     """
-    from .archive.accession import normalize
+    from empiarfs.remote.accession import normalize
 
     fs = fs or default_fs()
     return EntryView(fs.entry(normalize(accession)), fs)

@@ -27,11 +27,16 @@ from typing import Optional, Sequence, Union
 
 import numpy as np
 
-from .. import api
-from ..config import Settings
-from ..errors import BadFile, InvalidInput, MissingDependency, NotFound, UnsupportedFormat
-from ..formats import detect
-from . import workerfs
+from empiarfs.config import Settings
+from empiarfs.errors import (
+    BadFile,
+    InvalidInput,
+    MissingDependency,
+    NotFound,
+    UnsupportedFormat,
+)
+from empiarfs.formats import detect
+from empiarfs.pyapi import api, workerfs
 
 log = logging.getLogger(__name__)
 
@@ -223,7 +228,7 @@ def frame_stack(source, imageset=None, *, pattern: Optional[str] = None,
         if root is not None:
             raise InvalidInput("root= applies to STAR files only")
         if imageset is None:
-            from ..archive.accession import normalize
+            from empiarfs.remote.accession import normalize
 
             return _from_folder(normalize(source), "", pattern, settings, fs)
         return _from_imageset(source, imageset, pattern, settings, fs)
@@ -276,7 +281,7 @@ def _from_imageset(accession, imageset, pattern, settings, fs) -> FrameStack:
     """The image files of an image set: ``pattern`` if given, else the
     depositor's ``micrographs_file_pattern`` when it selects any image file,
     else every MRC/TIFF file in the image set's directory."""
-    from ..dataset import EmpiarDataset
+    from empiarfs.pyapi.dataset import EmpiarDataset
 
     if isinstance(accession, str) and accession.startswith(api.ARCHIVE_SCHEME):
         accession = accession[len(api.ARCHIVE_SCHEME):].strip("/")
@@ -332,7 +337,7 @@ def _from_folder(accession: str, rel: str, pattern, settings, fs) -> FrameStack:
 
 
 def _from_local_folder(folder: str, pattern, settings, fs) -> FrameStack:
-    from ..select import Selector, select_paths
+    from empiarfs.namespace.select import Selector, select_paths
 
     folder = os.path.abspath(folder)
     rels = []
@@ -362,7 +367,7 @@ def _from_files(paths: list, settings, fs) -> FrameStack:
 
 
 def _from_star(star: str, root, settings, fs) -> FrameStack:
-    from ..dataset import EmpiarDataset
+    from empiarfs.pyapi.dataset import EmpiarDataset
 
     # Archive paths as empiar://, so stack paths joined to them stay archive paths.
     remote = api.archive_path(star)
@@ -412,7 +417,7 @@ def _layout(path: str, fs) -> FileLayout:
         return FileLayout(path, head.n_frames, frame_shape, head.dtype)
     with api.open(path, fs=remote) as handle:
         if compressed:
-            from ..formats.bz2 import decompress_to_spool
+            from empiarfs.formats.bz2 import decompress_to_spool
 
             with decompress_to_spool(handle, path) as plain:
                 return _tiff_layout(plain, path)

@@ -3,7 +3,7 @@
 :class:`EmpiarDataset` has ``__len__`` and ``__getitem__``, so it works as
 a PyTorch map-style dataset without importing torch. It holds only its
 settings and a list of ``(path, frame)`` items; each process (every
-DataLoader worker) opens its own :class:`~empiarfs.fs.EmpiarFS` on first
+DataLoader worker) opens its own :class:`~empiarfs.namespace.filesystem.EmpiarFS` on first
 use, so the dataset pickles cheaply and reads lazily: item ``i`` fetches
 the bytes of one frame (or one particle image) and nothing more.
 """
@@ -16,8 +16,8 @@ import posixpath
 from dataclasses import dataclass
 from typing import Callable, Iterable, Optional
 
-from .config import Settings
-from .errors import BadFile, InvalidInput, UnsupportedFormat
+from empiarfs.config import Settings
+from empiarfs.errors import BadFile, InvalidInput, UnsupportedFormat
 
 log = logging.getLogger(__name__)
 
@@ -135,7 +135,7 @@ class EmpiarDataset:
         NotFound, RemoteError
             From the archive.
         """
-        from . import api
+        from empiarfs.pyapi import api
 
         ds = cls([], settings=settings, transform=transform)
         fs = fs or ds._open_fs()  # kept by ds, so its connections are reused
@@ -193,7 +193,7 @@ class EmpiarDataset:
         NotFound, RemoteError
             From reading the STAR file.
         """
-        from . import api
+        from empiarfs.pyapi import api
 
         ds = cls([], settings=settings, transform=transform)
         if fs is None and api.archive_path(star_path) is not None:
@@ -231,7 +231,7 @@ class EmpiarDataset:
         IndexError
             ``index`` out of range.
         """
-        from . import api
+        from empiarfs.pyapi import api
 
         item = self.items[index]  # IndexError as a sequence should
         data = api.load(item.path, frames=item.frame, fs=self._open_fs_if_remote(item.path))
@@ -239,14 +239,14 @@ class EmpiarDataset:
 
     def _open_fs(self):
         if self._fs is None or self._fs_pid != os.getpid():
-            from .fs import EmpiarFS
+            from empiarfs.namespace.filesystem import EmpiarFS
 
             self._fs = EmpiarFS(self.settings, exclusive_cache=False)
             self._fs_pid = os.getpid()
         return self._fs
 
     def _open_fs_if_remote(self, path: str):
-        from .api import archive_path
+        from empiarfs.pyapi.api import archive_path
 
         return self._open_fs() if archive_path(path) is not None else None
 
@@ -268,7 +268,7 @@ class EmpiarDataset:
 
 
 def _is_image(path: str) -> bool:
-    from .formats import detect
+    from empiarfs.formats import detect
 
     try:
         return detect(path)[0] in ("mrc", "tiff")
@@ -278,19 +278,19 @@ def _is_image(path: str) -> bool:
 
 def _frame_count(path: str, get_fs) -> int:
     """Frames of an MRC file (from its header) or pages of a TIFF."""
-    from . import api
-    from .formats import detect
+    from empiarfs.formats import detect
+    from empiarfs.pyapi import api
 
     kind, _ = detect(path)
     remote = get_fs() if api.archive_path(path) is not None else None
     if kind == "mrc":
         return api.load_mrc(path, header_only=True, fs=remote).n_frames
     if kind == "tiff":
-        from .formats.tiff import count_pages
+        from empiarfs.formats.tiff import count_pages
 
         with api.open(path, fs=remote) as handle:
             if path.lower().endswith(".bz2"):
-                from .formats.bz2 import decompress_to_spool
+                from empiarfs.formats.bz2 import decompress_to_spool
 
                 with decompress_to_spool(handle, path) as plain:
                     return count_pages(plain, path)

@@ -29,7 +29,7 @@ from intake.readers import datatypes
 from intake.readers.entry import Catalog
 from intake.readers.readers import BaseReader
 
-from . import workerfs
+from empiarfs.pyapi import workerfs
 
 _ACCESSION = re.compile(r"^EMPIAR-\d+$")
 _SCHEME = "empiar://"
@@ -67,7 +67,7 @@ class EMPIAREntry(datatypes.CatalogAPI):
 
     @property
     def accession(self) -> str:
-        from ..archive.accession import normalize
+        from empiarfs.remote.accession import normalize
 
         return normalize(self.url[len(_SCHEME):].strip("/") if self.url.startswith(_SCHEME)
                          else self.url)
@@ -123,7 +123,7 @@ class EMPIARArchiveReader(BaseReader):
         RemoteError
             The archive could not be listed.
         """
-        from ..archive.accession import normalize
+        from empiarfs.remote.accession import normalize
 
         data = data if data is not None else EMPIARArchive()
         fs = workerfs.fs_for(workerfs.settings_from_options(data.options))
@@ -158,7 +158,7 @@ class EMPIAREntryReader(BaseReader):
         RemoteError
             The archive could not be reached.
         """
-        from .. import api
+        from empiarfs.pyapi import api
 
         fs = workerfs.fs_for(workerfs.settings_from_options(data.options))
         entry = api.entry(data.accession, fs=fs).model
@@ -193,7 +193,7 @@ class EMPIARImageSetDask(BaseReader):
         ------
         As :func:`empiarfs.to_dask`.
         """
-        from .arrays import to_dask
+        from empiarfs.pyapi.arrays import to_dask
 
         return to_dask(data.url, data.imageset, pattern=data.pattern,
                        frames_per_chunk=frames_per_chunk,
@@ -219,7 +219,7 @@ class EMPIARImageSetNumpy(BaseReader):
         ------
         As :func:`empiarfs.to_dask`, and ``IndexError`` for a frame out of range.
         """
-        from .arrays import frame_stack
+        from empiarfs.pyapi.arrays import frame_stack
 
         stack = frame_stack(data.url, data.imageset, pattern=data.pattern,
                             settings=workerfs.settings_from_options(data.storage_options))

@@ -7,7 +7,7 @@ Registered through the ``fsspec.specs`` entry point, so without any import::
         header = f.read(1024)
 
 Paths are those of the mount (``EMPIAR-10002/data/...``, ``EMPIAR-10002/entry.json``);
-bytes come through an :class:`~empiarfs.fs.EmpiarFS`, so they share the
+bytes come through an :class:`~empiarfs.namespace.filesystem.EmpiarFS`, so they share the
 block cache on disk with the mount and the Python API.
 """
 
@@ -19,8 +19,8 @@ from typing import Optional
 
 from fsspec.spec import AbstractBufferedFile, AbstractFileSystem
 
-from .config import Settings
-from .errors import InvalidInput, NotFound, ReadOnly
+from empiarfs.config import Settings
+from empiarfs.errors import InvalidInput, NotFound, ReadOnly
 
 log = logging.getLogger(__name__)
 
@@ -34,7 +34,7 @@ class EmpiarFileSystem(AbstractFileSystem):
     ----------
     settings : Settings, optional
         Archive URLs, cache directory, timeouts... Without it and without
-        ``**options``, the default EmpiarFS of :mod:`empiarfs.api` is used
+        ``**options``, the default EmpiarFS of :mod:`empiarfs.pyapi.api` is used
         (one connection pool and cache per process).
     **options
         Settings overrides (``api_url``, ``data_url``, ``cache_dir``...),
@@ -65,14 +65,14 @@ class EmpiarFileSystem(AbstractFileSystem):
 
     @property
     def efs(self):
-        """The :class:`~empiarfs.fs.EmpiarFS` behind this filesystem."""
+        """The :class:`~empiarfs.namespace.filesystem.EmpiarFS` behind this filesystem."""
         if self._efs is None:
             if self._settings is None and not self._options:
-                from .api import default_fs
+                from empiarfs.pyapi.api import default_fs
 
                 self._efs = default_fs()
             else:
-                from .fs import EmpiarFS
+                from empiarfs.namespace.filesystem import EmpiarFS
 
                 base = self._settings if self._settings is not None else Settings.load()
                 try:
@@ -101,7 +101,7 @@ class EmpiarFileSystem(AbstractFileSystem):
         path = path.strip("/")
         head, sep, rest = path.partition("/")
         if head and head != ".empiarfs" and any(c.isdigit() for c in head):
-            from .archive.accession import normalize
+            from empiarfs.remote.accession import normalize
 
             try:
                 head = normalize(head)

@@ -1,4 +1,4 @@
-"""One :class:`~empiarfs.fs.EmpiarFS` per process and :class:`Settings`.
+"""One :class:`~empiarfs.namespace.filesystem.EmpiarFS` per process and :class:`Settings`.
 
 Lazy arrays and catalog readers travel to other processes (Dask workers,
 intake readers rebuilt from a catalog file) as plain settings, never as
@@ -16,8 +16,8 @@ import os
 import threading
 from typing import Optional
 
-from ..config import Settings
-from ..errors import InvalidInput
+from empiarfs.config import Settings
+from empiarfs.errors import InvalidInput
 
 _lock = threading.Lock()
 _open: dict = {}        # Settings -> EmpiarFS, of process _pid
@@ -26,7 +26,7 @@ _pid: Optional[int] = None
 
 def fs_for(settings: Optional[Settings]):
     """This process's EmpiarFS for ``settings`` (``None``: the default one of
-    :mod:`empiarfs.api`, which :func:`empiarfs.configure` sets).
+    :mod:`empiarfs.pyapi.api`, which :func:`empiarfs.configure` sets).
 
     Thread-safe. It shares the disk cache in ``settings.cache_dir`` when no
     other process holds it, and runs on its memory cache otherwise.
@@ -38,7 +38,7 @@ def fs_for(settings: Optional[Settings]):
     """
     global _pid
     if settings is None:
-        from .. import api
+        from empiarfs.pyapi import api
 
         return api.default_fs()
     with _lock:
@@ -48,7 +48,7 @@ def fs_for(settings: Optional[Settings]):
             _pid = os.getpid()
         fs = _open.get(settings)
         if fs is None:
-            from ..fs import EmpiarFS
+            from empiarfs.namespace.filesystem import EmpiarFS
 
             fs = EmpiarFS(settings, exclusive_cache=False)
             _open[settings] = fs

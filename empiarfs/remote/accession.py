@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 
-from ..errors import InvalidInput
+from empiarfs.errors import InvalidInput
 
 _ACCESSION_RE = re.compile(r"^\s*(?:empiar[-_ ]?)?0*(\d{1,7})\s*/?\s*$", re.IGNORECASE)
 _EMDB_RE = re.compile(r"^\s*(?:emd|emdb)?[-_ ]?(\d{4,})\s*$", re.IGNORECASE)

@@ -3,7 +3,7 @@
 Metadata comes from the entry API (``{api_url}/entry/...``), the tree from
 the HTTP autoindex pages under ``data_url`` with exact sizes from FTP MLSD
 (when ``ftp_url`` is set and reachable) or from HEAD requests. Every network
-call goes through :class:`empiarfs.http.Transport`. Imports http, model,
+call goes through :class:`empiarfs.remote.transport.Transport`. Imports http, model,
 errors, config and the other archive modules.
 """
 
@@ -19,15 +19,15 @@ from urllib.parse import quote
 
 from cachetools import TTLCache
 
-from ..config import DEFAULT_FTP_URL, Settings
-from ..errors import BadResponse, InvalidInput, NotFound, RemoteError
-from ..http import Transport
-from ..model import Entry, FileInfo
-from ..paths import clean_relpath
-from . import accession as accessions
-from .ftp import FtpLister, FtpUnavailable
-from .listing import listing_looks_complete, parse_listing
-from .metadata import parse_entry, unwrap
+from empiarfs.config import DEFAULT_FTP_URL, Settings
+from empiarfs.errors import BadResponse, InvalidInput, NotFound, RemoteError
+from empiarfs.model import Entry, FileInfo
+from empiarfs.paths import clean_relpath
+from empiarfs.remote import accession as accessions
+from empiarfs.remote.ftp import FtpLister, FtpUnavailable
+from empiarfs.remote.listing import listing_looks_complete, parse_listing
+from empiarfs.remote.metadata import parse_entry, unwrap
+from empiarfs.remote.transport import Transport
 
 log = logging.getLogger(__name__)
 

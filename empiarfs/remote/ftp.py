@@ -21,8 +21,8 @@ import time
 from typing import Optional
 from urllib.parse import unquote, urlsplit
 
-from ..errors import RemoteError
-from .listing import validate_name
+from empiarfs.errors import RemoteError
+from empiarfs.remote.listing import validate_name
 
 log = logging.getLogger(__name__)
 

@@ -27,7 +27,7 @@ from datetime import datetime, timezone
 from typing import Optional
 from urllib.parse import unquote_to_bytes, urljoin, urlsplit
 
-from ..errors import BadResponse
+from empiarfs.errors import BadResponse
 
 log = logging.getLogger(__name__)
 

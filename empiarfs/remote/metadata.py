@@ -13,8 +13,8 @@ import json
 import math
 import posixpath
 
-from ..errors import BadResponse
-from ..model import Author, Citation, Entry, Grant, ImageSet
+from empiarfs.errors import BadResponse
+from empiarfs.model import Author, Citation, Entry, Grant, ImageSet
 
 
 def unwrap(payload, accession: str | None = None) -> tuple[str, dict]:

@@ -51,10 +51,16 @@ import urllib3.connection
 import urllib3.exceptions
 from requests.adapters import HTTPAdapter
 
-from .config import Settings
-from .errors import BadResponse, DeadlineExceeded, NotFound, RemoteError, StaleFile
-from .model import Fingerprint
-from .remote.site_route import Route, SiteRoute
+from empiarfs.config import Settings
+from empiarfs.errors import (
+    BadResponse,
+    DeadlineExceeded,
+    NotFound,
+    RemoteError,
+    StaleFile,
+)
+from empiarfs.model import Fingerprint
+from empiarfs.remote.site_route import Route, SiteRoute
 
 log = logging.getLogger(__name__)
 

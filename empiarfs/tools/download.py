@@ -40,11 +40,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Protocol
 
-from .errors import BadResponse, EmpiarfsError, InvalidInput, RemoteError, StaleFile
-from .model import Fingerprint
-from . import ranges
-from .paths import clean_relpath
-from .select import split_target
+from empiarfs import ranges
+from empiarfs.errors import (
+    BadResponse,
+    EmpiarfsError,
+    InvalidInput,
+    RemoteError,
+    StaleFile,
+)
+from empiarfs.model import Fingerprint
+from empiarfs.namespace.select import split_target
+from empiarfs.paths import clean_relpath
 
 log = logging.getLogger(__name__)
 
@@ -139,7 +145,7 @@ def parse_list_line(line: str, settings) -> tuple[str, str] | None:
         rest = path.split(marker, 1)[1]
     rest = urllib.parse.unquote(urllib.parse.urlsplit(rest).path if "?" in rest else rest)
     number, _, relpath = rest.lstrip("/").partition("/")
-    from .archive.accession import normalize
+    from empiarfs.remote.accession import normalize
 
     relpath = clean_relpath(relpath.lstrip("/"))  # EMPIAR's URLs carry ``10934//x``
     if not relpath:
@@ -342,7 +348,7 @@ class Downloader:
     Parameters
     ----------
     transport
-        An :class:`empiarfs.http.Transport` (``head``, ``fetch_range``).
+        An :class:`empiarfs.remote.transport.Transport` (``head``, ``fetch_range``).
     outdir
         Root of the output tree; created if missing.
     jobs
@@ -664,7 +670,7 @@ def targets_for(archive, accession: str, relpath: str = "", selector=None) -> li
     NotFound
         If the entry or path does not exist.
     """
-    from .select import walk
+    from empiarfs.namespace.select import walk
 
     out = []
     for info in walk(archive, accession, relpath, selector):

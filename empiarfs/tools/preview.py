@@ -62,9 +62,9 @@ def _plane(array: np.ndarray, label: str) -> np.ndarray:
 
 
 def _frame_count(path, fs) -> int:
-    from empiarfs.pyapi import api
     from empiarfs.formats import detect
     from empiarfs.formats.eer import is_eer_name
+    from empiarfs.pyapi import api
 
     kind, compressed = detect(api._label(path, None))
     if kind == "mrc":
@@ -90,8 +90,8 @@ def _frame_count(path, fs) -> int:
 def _files_of(directory, fs) -> list[str]:
     """Image files of a directory (local, on a mount, or in the archive),
     sorted by name."""
-    from empiarfs.pyapi import api
     from empiarfs.formats import detect
+    from empiarfs.pyapi import api
 
     def is_image(name: str) -> bool:
         try:
@@ -149,8 +149,8 @@ def collect(path, *, frames: Frames = None, count: Optional[int] = None, fs=None
     UnsupportedFormat, NotFound, BadFile, RemoteError
         As :func:`empiarfs.load` raises them.
     """
-    from empiarfs.pyapi import api
     from empiarfs.formats.mrc import frame_indices
+    from empiarfs.pyapi import api
 
     if frames is not None and count is not None:
         raise InvalidInput("give either frames or a count of frames to show, not both")

@@ -22,9 +22,9 @@ import time
 from pathlib import Path
 from typing import Callable, Iterable
 
-from .archive.accession import number, parse_spec
-from .errors import InvalidInput
-from .model import Entry
+from empiarfs.errors import InvalidInput
+from empiarfs.model import Entry
+from empiarfs.remote.accession import number, parse_spec
 
 log = logging.getLogger(__name__)
 
@@ -156,7 +156,7 @@ class SearchIndex:
         Parameters
         ----------
         archive
-            An :class:`empiarfs.archive.client.Archive`.
+            An :class:`empiarfs.remote.archive.Archive`.
         spec
             Accessions/ranges (``"10000-13999"``); default: every accession
             of the data tree (``archive.accessions()``).

@@ -53,8 +53,8 @@ from dataclasses import dataclass
 from typing import Optional
 from urllib.parse import urlsplit
 
-from ..config import DEFAULT_API_URL, DEFAULT_DATA_URL, KiB, MiB, parse_size
-from ..errors import InvalidInput
+from empiarfs.config import DEFAULT_API_URL, DEFAULT_DATA_URL, KiB, MiB, parse_size
+from empiarfs.errors import InvalidInput
 
 API_PREFIX = "/empiar/api/"
 DATA_PREFIX = "/empiar/world_availability/"

@@ -2,7 +2,7 @@
 
 Built once per set of sizes and reused (``bench.json`` in the archive root
 records the parameters it was built with). On top of
-:func:`empiarfs.sample.make_sample` (the 1 GiB ``stack.mrcs``, the
+:func:`empiarfs.archive_server.sample.make_sample` (the 1 GiB ``stack.mrcs``, the
 3,000-file ``EMPIAR-10943/data/Tiff`` directory and the small MRCS stacks)
 it adds, under ``EMPIAR-10002/data/bench/``:
 
@@ -26,7 +26,7 @@ import tempfile
 import mrcfile
 import numpy as np
 
-from empiarfs.sample import make_sample
+from empiarfs.archive_server.sample import make_sample
 
 log = logging.getLogger(__name__)
 

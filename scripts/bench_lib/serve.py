@@ -17,7 +17,7 @@ import json
 import logging
 import sys
 
-from empiarfs.server import ArchiveServer, Faults
+from empiarfs.archive_server import ArchiveServer, Faults
 
 
 def main(argv=None) -> int:

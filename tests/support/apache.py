@@ -1,10 +1,10 @@
 """Apache httpd serving a tree like ftp.ebi.ac.uk does: the conformance
-twin of :class:`empiarfs.server.ArchiveServer`.
+twin of :class:`empiarfs.archive_server.ArchiveServer`.
 
 Runs ``apache2 -DFOREGROUND`` with a minimal config of its own in a temp
 directory (event MPM, mod_autoindex FancyIndexing + HTMLTable, ``FileETag
 MTime Size``). The mime types, icons and ``IndexIgnore`` come from
-:mod:`empiarfs.server.autoindex`, because EBI's own mime configuration is
+:mod:`empiarfs.archive_server.autoindex`, because EBI's own mime configuration is
 unknown and both servers must agree on it for a row-by-row comparison.
 Started as root, the workers run as ``nobody`` (Apache refuses to serve
 as root), so the tree must be world-readable.
@@ -22,7 +22,7 @@ import time
 
 import requests
 
-from empiarfs.server import autoindex
+from empiarfs.archive_server import autoindex
 
 APACHE = os.environ.get("EMPIARFS_APACHE", "/usr/sbin/apache2")
 MODULES = os.environ.get("EMPIARFS_APACHE_MODULES", "/usr/lib/apache2/modules")

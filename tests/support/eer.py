@@ -14,7 +14,12 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from empiarfs.sample import EER_CODINGS, eer_frame_bytes, eer_metadata_xml, eer_tiff_bytes
+from empiarfs.archive_server.sample import (
+    EER_CODINGS,
+    eer_frame_bytes,
+    eer_metadata_xml,
+    eer_tiff_bytes,
+)
 
 
 @dataclass
