@@ -78,22 +78,20 @@ class Settings:
     cache_dir: str = dataclasses.field(default_factory=_default_cache_dir)
     cache_size: int = 50 * GiB
     memory_cache: int = 1 * GiB
-    # Cache granule. Small enough that random 64 KiB reads waste little
-    # (benchmark: 2.5x fetched/read at 128K against 3.7-4.5x at 256K) and a
-    # header read moves little over a 1.5 MB/s link; sequential reads fetch
-    # many blocks per request (see max_request).
+    # Cache granule. Small enough that random small reads and header reads
+    # fetch little over a slow link; sequential reads fetch many blocks per
+    # request (see max_request). Measurements: docs/performance.md, "Tuning".
     block_size: int = 128 * KiB
     # Largest single range request for sequential read-ahead.
     max_request: int = 8 * MiB
     # Longest read-ahead window per open file.
     readahead: int = 64 * MiB
     # The kernel's own read-ahead on the mount (its bdi read_ahead_kb), set
-    # when the daemon may (root); 0 leaves the kernel's 128 KiB. At 1 MiB
-    # loopback sequential reads went 96-143 -> 187-196 MB/s cold and 0.6 ->
-    # 1.6 GB/s warm, but under injected faults one read() then waited on
-    # two 1 MiB FUSE requests in a row: 2 of 3 four-minute soaks had reads
-    # of 17-24 s against an 8 s deadline (docs/performance.md). So it is
-    # for fast, reliable links (a mirror, re-reading cached data).
+    # when the daemon may (root); 0 leaves the kernel's 128 KiB. Larger
+    # values speed up fast links, but under faults one read() then waits on
+    # several large FUSE requests in a row and can pass its deadline, so it
+    # is for fast, reliable links (a mirror, re-reading cached data).
+    # Measurements: docs/performance.md, "Tuning".
     kernel_readahead: int = 0
     # Concurrent range requests per file and overall.
     parallel_per_file: int = 16

@@ -5,7 +5,7 @@ serves (``api/EMPIAR-N.json``, ``world_availability/N/N.xml`` and
 ``world_availability/N/data/...``) plus ``manifest.json``: size and SHA-256 of
 every file, so tests can compare what a client reads with the truth.
 
-Entries are modelled on real ones (EMPIAR-ACCESS.md §1-2): 10002 (MRCS movie
+Entries are modelled on real ones (docs/empiar.md): 10002 (MRCS movie
 stacks, some with an FEI1 extended header), 10934 (deep path, bz2-compressed
 multi-frame TIFFs, an EER movie, a leading ``/`` in ``directory``,
 ``{"name"}`` cross references), 11419 (FIB-SEM, names with spaces, commas, ``#``, ``%``, ``&``),
@@ -332,7 +332,7 @@ def eer_tiff_bytes(strips: list, width: int, height: int, *, compression: int = 
 
 def _imageset(name, directory, category, fmt, num, frames, voxel, pw, ph, w, h,
               details="", pattern="", frange=(None, None)) -> dict:
-    # Key order as in real responses (EMPIAR-ACCESS.md §1.4).
+    # Key order as in real responses (docs/empiar.md).
     return {
         "segmentations": [], "name": name, "directory": directory, "category": category,
         "header_format": fmt, "data_format": fmt, "num_images_or_tilt_series": num,

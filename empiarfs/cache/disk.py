@@ -427,11 +427,11 @@ class DiskStore:
             self._remove_block(key)
         return self._used + size <= self._max
 
-    def _check_directory(self) -> bool:
+    def _reopen_if_replaced(self) -> None:
         """Recreate the cache if its directory was removed under us."""
         try:
             if os.stat(self._db_path).st_ino == self._db_ino:
-                return True
+                return
         except OSError:
             pass
         log.warning("cache directory %s vanished or was replaced; starting an empty cache",
@@ -443,7 +443,6 @@ class DiskStore:
         self._pending = pending
         self._orphans = orphans | set(pending)
         self._used += sum(pending.values())
-        return True
 
     # ------------------------------------------------------------------- API
     @property
@@ -546,7 +545,7 @@ class DiskStore:
             if self._closed:
                 return False
             try:
-                self._check_directory()
+                self._reopen_if_replaced()
             except (OSError, sqlite3.Error) as exc:
                 self._writes_failed(exc)
                 return False

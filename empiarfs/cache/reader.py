@@ -56,6 +56,7 @@ from empiarfs.cache.blocks import Request, blocks_for, coalesce
 from empiarfs.cache.disk import DiskStore
 from empiarfs.cache.memory import MemoryLRU
 from empiarfs.cache.stats import ReaderStats
+from empiarfs.config import MiB
 from empiarfs.errors import BadResponse, DeadlineExceeded, RemoteError, StaleFile
 from empiarfs.model import Fingerprint
 
@@ -63,19 +64,16 @@ log = logging.getLogger(__name__)
 
 Fetch = Callable[[str, int, int, Fingerprint], bytes]
 
-MiB = 1024 * 1024
 # First read-ahead window of a sequential stream.
 INITIAL_WINDOW = 1 * MiB
 # The window doubles per read but stays within this many times the bytes
 # the stream has read, so the waste when a reader stops (at a frame's or a
-# region's end) is bounded by what it read. Doubling alone sent 848 MiB for
-# 50 random 2 MiB frames read through mmap in 128 KiB kernel reads (the
-# kernel's default read-ahead); at 8, 470 MiB. At 2 the slow ramp cost 30 %
-# on the WAN benchmark (more, smaller requests, so more stalls).
+# region's end) is bounded by what it read; a smaller factor ramps up too
+# slowly on a slow link (docs/performance.md, "Tuning").
 WINDOW_PER_BYTE_READ = 8
 # A read's own missing blocks go out in at most this many requests, each
-# at least MIN_URGENT_PIECE: on the WAN benchmark a stream's first 1 MiB
-# reads, before read-ahead starts, came at one connection's 1.5 MB/s.
+# at least MIN_URGENT_PIECE: before read-ahead starts, a stream's first
+# reads would otherwise come at one connection's speed.
 URGENT_PIECES = 4
 MIN_URGENT_PIECE = 256 * 1024
 # Sequential streams remembered per file (interleaved readers of one file).
@@ -374,7 +372,7 @@ class BlockReader:
     def _urgent_request_size(self, blocks: int) -> int:
         """Request size for a read's own missing blocks: a large read is
         split over up to URGENT_PIECES connections (one EMPIAR connection
-        gives ~1.5 MB/s, so a 1 MiB read in one request took 0.7 s), in
+        is slow, docs/empiar.md), in
         pieces of at least MIN_URGENT_PIECE (every request may stall, and
         the read waits for all of them)."""
         share = -(-blocks // URGENT_PIECES) * self._bs

@@ -1,6 +1,6 @@
 """Our own checks of an EMPIAR deposition document (a dict).
 
-Written from the deposition rules (MAPPING.md §2), not copied from the
+Written from the deposition rules (docs/metadata-export.md), not copied from the
 official schema, and stricter where that schema is loose: its code
 regexes are anchored on one branch only, so ``"('T2', '')junk"`` passes
 there and fails here. Each problem names its JSON path and what to add,

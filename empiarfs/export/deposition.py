@@ -5,7 +5,7 @@ DataFile paths and formats) and the ``empiar:<path>=<value>`` keywords
 written by :mod:`empiarfs.export.lambda_ber` for what the schema cannot
 hold (people, citations, category, voxel type...). A Dataset from another
 source without those keywords still converts where the reverse mapping
-of MAPPING.md §5.7 is unambiguous; everything else must come from
+of docs/metadata-export.md is unambiguous; everything else must come from
 ``overrides`` and is reported by :class:`IncompleteDeposition`.
 """
 
@@ -28,7 +28,7 @@ CATEGORY_FROM_TYPE = {
     "class_averages": "T10", "volume": "T13", "diffraction": "T12",
     "processed_data": "T11",
 }
-# lambda FileFormatEnum -> data format code (MAPPING.md §5.6 reverse).
+# lambda FileFormatEnum -> data format code (docs/metadata-export.md reverse).
 FORMAT_CODES = {"mrc": "T1", "ccp4": "T1", "mrcs": "T2", "tiff": "T3", "eer": "T9",
                 "img": "T12"}
 _ANGSTROM_PER = {"å": 1.0, "a": 1.0, "angstrom": 1.0, "angstroms": 1.0, "nm": 10.0,

@@ -1,11 +1,11 @@
 """EMPIAR entry -> lambda-ber-schema ``Dataset`` record (a plain dict).
 
 Target: lambda-ber-schema main @ 6d962a15 (v0.1.2-186), the snapshot
-studied in MAPPING.md. That schema has no licence, so nothing of it is
+studied in docs/metadata-export.md. That schema has no licence, so nothing of it is
 copied here: the slot names below are written from its documentation and
 the tests validate the output against the snapshot when it is present.
 
-Shape (MAPPING.md §5, docs/metadata-export.md):
+Shape (docs/metadata-export.md):
 
 * ``Dataset`` id = ``https://doi.org/10.6019/<accession>`` (EMPIAR's DOI
   scheme; no ``empiar:`` prefix is declared, so full IRIs, not CURIEs);
@@ -41,7 +41,7 @@ DEFAULT = DEFAULT_DATA_URL
 ENTRY_PAGE = "https://www.ebi.ac.uk/empiar/{accession}/"
 
 # EMPIAR data_format label -> lambda FileFormatEnum. IMAGIC, DM3, DM4,
-# SPIDER, XML, PNG, JPEG, EM and TPX3 have no value (MAPPING.md §5.6).
+# SPIDER, XML, PNG, JPEG, EM and TPX3 have no value (docs/metadata-export.md).
 FORMAT_FROM_LABEL = {
     "MRC": "mrc", "MRCS": "mrcs", "TIFF": "tiff", "EER": "eer",
     "BIG DATA VIEWER HDF5": "hdf5", "SMV": "img",
@@ -201,7 +201,7 @@ def _entry_root_url(entry: Entry, data_url: str) -> str:
 
 def _entry_technique(entry: Entry) -> tuple[str, str | None]:
     """(TechniqueEnum, ExperimentalMethodEnum or None) for the entry's runs
-    (MAPPING.md §5.4). EMPIAR is an electron-microscopy archive, so
+    (docs/metadata-export.md). EMPIAR is an electron-microscopy archive, so
     ``electron_microscopy`` is the honest fallback when nothing narrower
     applies (IHM, INSILICO, unknown)."""
     kind = entry.experiment_type or ""

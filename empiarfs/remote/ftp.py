@@ -1,5 +1,5 @@
 """Exact sizes and modification times of one directory by anonymous FTP
-``MLSD`` (the HTTP listing only has rounded sizes; EMPIAR-ACCESS.md §2.2).
+``MLSD`` (the HTTP listing only has rounded sizes; docs/empiar.md).
 
 FTP is an optimisation: when it fails, :class:`FtpUnavailable` tells the
 caller why and the caller falls back to HEAD requests. After a failure to

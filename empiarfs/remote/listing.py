@@ -1,6 +1,6 @@
 """Parse HTML directory listings (autoindex pages) into rows.
 
-Three shapes are understood (EMPIAR-ACCESS.md §2.3):
+Three shapes are understood (docs/empiar.md):
 
 * Apache ``mod_autoindex`` as ftp.ebi.ac.uk serves it: an HTML table with
   ``?C=`` sort links, an absolute Parent Directory link, a

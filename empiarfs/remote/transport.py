@@ -39,7 +39,6 @@ import socket
 import threading
 import time
 from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor
-from concurrent.futures import TimeoutError as FutureTimeout
 from concurrent.futures import wait as wait_futures
 from dataclasses import dataclass, field
 from typing import Callable, Optional
@@ -51,7 +50,7 @@ import urllib3.connection
 import urllib3.exceptions
 from requests.adapters import HTTPAdapter
 
-from empiarfs.config import Settings
+from empiarfs.config import MiB, Settings
 from empiarfs.errors import (
     BadResponse,
     DeadlineExceeded,
@@ -74,7 +73,6 @@ def _version() -> str:
 
 
 USER_AGENT = f"empiarfs/{_version()} (+https://github.com/empiarfs)"
-MiB = 1024 * 1024
 # Largest text/JSON body we accept (directory listings of 100k files are
 # about 25 MiB of HTML).
 MAX_TEXT_BYTES = 64 * MiB
