@@ -287,6 +287,14 @@ class _Cancelled(Exception):
     """A hedged attempt lost the race."""
 
 
+class _SinkRaised(Exception):
+    """A caller's ``on_data`` raised ``cause``: abandon the request, no retry."""
+
+    def __init__(self, cause: BaseException):
+        super().__init__(str(cause))
+        self.cause = cause
+
+
 class _Watchdog:
     """One thread that cuts the socket of a response still streaming when
     its deadline passes.
@@ -626,6 +634,7 @@ class Transport:
         expect: Optional[Fingerprint] = None,
         *,
         deadline: Optional[float] = None,
+        on_data: Optional[Callable[[int, bytes], None]] = None,
     ) -> bytes:
         """Bytes ``[start, end)`` of ``url`` (fewer only at end of file).
 
@@ -640,6 +649,12 @@ class Transport:
             raises ``StaleFile``.
         deadline : float, optional
             Absolute ``time.monotonic()`` after which no new attempt starts.
+        on_data : callable, optional
+            ``on_data(offset, chunk)`` with each piece of the body as it
+            arrives (offset in the file), once the reply's headers passed
+            every check; a retried or hedged attempt may repeat offsets.
+            Whatever it raises abandons the request unretried and is
+            re-raised here: how a download shows progress and stops at once.
 
         Raises
         ------
@@ -665,13 +680,16 @@ class Transport:
         if expect is not None and expect.etag and not expect.etag.strip().startswith("W/"):
             site_headers = {"If-Match": expect.etag.strip()}
         while pos < end:
-            piece, total = self._request(
-                "GET", url, deadline=deadline, hedge=True, site_headers=site_headers,
-                headers={"Range": f"bytes={pos}-{end - 1}", "Accept-Encoding": "identity"},
-                consume=lambda resp, final, ctl, pos=pos: self._consume_range(
-                    resp, final, pos, end, expect, ctl
-                ),
-            )
+            try:
+                piece, total = self._request(
+                    "GET", url, deadline=deadline, hedge=True, site_headers=site_headers,
+                    headers={"Range": f"bytes={pos}-{end - 1}", "Accept-Encoding": "identity"},
+                    consume=lambda resp, final, ctl, pos=pos: self._consume_range(
+                        resp, final, pos, end, expect, ctl, on_data
+                    ),
+                )
+            except _SinkRaised as stop:
+                raise stop.cause from None
             if not piece:
                 break
             pieces.append(piece)
@@ -810,6 +828,8 @@ class Transport:
                     if failure is None or (isinstance(failure, _Transient)
                                            and not isinstance(exc, _Transient)):
                         failure = exc
+                    if isinstance(exc, _SinkRaised):
+                        raise exc   # the caller stopped: no waiting for the others
         finally:
             for ctl in attempts.values():
                 ctl.cancelled = True
@@ -936,9 +956,10 @@ class Transport:
         raise RemoteError(f"HTTP {status} {resp.reason or ''} from {current}".replace("  ", " "),
                           url=current, status=status)
 
-    def _read_body(self, resp, url, limit, ctl, want=None) -> bytes:
+    def _read_body(self, resp, url, limit, ctl, want=None, sink=None) -> bytes:
         """Read the body: at most ``limit`` bytes (more is ``BadResponse``),
-        or exactly ``want`` bytes when given (then stop early)."""
+        or exactly ``want`` bytes when given (then stop early); ``sink(offset,
+        chunk)`` sees each chunk as it arrives (offset in the body)."""
         declared = _content_length(resp, url)
         encoded = bool(resp.headers.get("Content-Encoding", "identity").strip().lower() not in ("", "identity"))
         if want is None and declared is not None and not encoded and declared > limit:
@@ -952,6 +973,11 @@ class Transport:
                 chunks.append(chunk)
                 got += len(chunk)
                 self.stats.add("bytes", len(chunk))
+                if sink is not None:
+                    try:
+                        sink(got - len(chunk), chunk)
+                    except Exception as exc:  # not a network error: never retried
+                        raise _SinkRaised(exc) from exc
                 if want is not None and got >= want:
                     break
                 if want is None and got > limit:
@@ -977,7 +1003,7 @@ class Transport:
                 raise BadResponse(f"body of {url} is longer than its Content-Length", url=url)
         return body
 
-    def _consume_range(self, resp, url, start, end, expect, ctl):
+    def _consume_range(self, resp, url, start, end, expect, ctl, on_data=None):
         status = resp.status_code
         etag, modified = _validators(resp, url)
         if status == 416:
@@ -1003,7 +1029,8 @@ class Transport:
                     f"{url}: Content-Length {declared} disagrees with Content-Range "
                     f"{resp.headers.get('Content-Range')!r}", kind="bad_range", url=url,
                 )
-            body = self._read_body(resp, url, promised, ctl, want=promised)
+            body = self._read_body(resp, url, promised, ctl, want=promised,
+                                   sink=_at_offset(on_data, start, end))
             if len(body) < promised:
                 raise _Transient(
                     f"range reply from {url} was cut short ({len(body)} of {promised} bytes)",
@@ -1028,7 +1055,8 @@ class Transport:
                 self._ignores_ranges.add(host)
                 self.stats.add("ignored_ranges")
             want = end if total is None else min(end, total)
-            body = self._read_body(resp, url, want, ctl, want=want)
+            body = self._read_body(resp, url, want, ctl, want=want,
+                                   sink=_at_offset(on_data, 0, want))
             if len(body) < want and total is not None:
                 raise _Transient(f"body of {url} was cut short", kind="truncated", url=url)
             if total is None and len(body) < want:
@@ -1053,6 +1081,18 @@ class Transport:
 # An entity tag: optional weakness, then a quoted string of visible
 # characters without quotes (RFC 9110 section 8.8.3).
 _ETAG_RE = re.compile(r'^(W/)?"[\x21\x23-\x7e\x80-\xff]*"$')
+
+
+def _at_offset(on_data, start, end):
+    """A body sink handing ``on_data`` file offsets, clipped to ``[start, end)``."""
+    if on_data is None:
+        return None
+
+    def sink(offset, chunk):
+        first = start + offset
+        if first < end:
+            on_data(first, chunk[:end - first])
+    return sink
 
 
 def _validators(resp, url) -> tuple:
