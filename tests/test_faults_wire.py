@@ -166,7 +166,7 @@ def test_cut_inside_a_header_value(archive_server, faults, reply, header):
 
 @pytest.mark.parametrize("reply", WITH_BODY)
 def test_cut_after_the_headers(archive_server, faults, reply):
-    _, fields, body = reference(archive_server.port, reply)
+    _, _, body = reference(archive_server.port, reply)
     faults.inject("cut_after_headers")
     raw, _ = exchange(archive_server.port, *REPLIES[reply])
     _, got_fields, got_body = parse(raw)
@@ -390,6 +390,7 @@ def test_proxy_passes_close_delimited_bodies_on_and_closes(archive_server, fault
                 raw += data
     status, fields, body = parse(raw)
     assert status.startswith(b"HTTP/1.0") and body == local(sample_root, MOVIE)[:100]
+    assert values(fields, "Connection") == [b"close"]
 
 
 # --------------------------------------------------------------------------
