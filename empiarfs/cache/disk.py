@@ -674,6 +674,21 @@ class DiskStore:
         with self._lock:
             return sorted(url for url, rec in self._files.items() if rec.pinned)
 
+    def files(self) -> list[dict]:
+        """One record per file with blocks or a pin, by URL: ``url``,
+        ``size`` (None if unknown), ``cached`` (bytes present) and ``pinned``."""
+        with self._lock:
+            out = []
+            for url, rec in self._files.items():
+                present = self._by_fid.get(rec.fid, ())
+                if not present and not rec.pinned:
+                    continue
+                spans = ranges.of_blocks(present, self.block_size, rec.size) \
+                    if rec.size is not None else []
+                out.append({"url": url, "size": rec.size, "cached": ranges.total(spans),
+                            "pinned": rec.pinned})
+            return sorted(out, key=lambda f: f["url"])
+
     def info(self) -> dict:
         """Usage summary: ``bytes_used``, ``max_bytes``, ``files`` (with at
         least one block), ``blocks``, ``pinned_files``, ``pinned_bytes``,
