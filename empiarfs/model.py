@@ -136,10 +136,11 @@ class Fingerprint:
         few words (``"size 15 -> 1560"``), or ``None`` if it may be the same.
 
         The one rule of version comparison: sizes must agree; ETags are
-        compared (weak or strong alike) where both sides have one; otherwise
-        Last-Modified is compared, but only when this side's came from an
-        HTTP reply: FTP and listing times (epoch numbers) have coarser or
-        differently rounded clocks and would call an unchanged file changed.
+        compared (weak or strong alike) where both sides have one;
+        otherwise Last-Modified is compared at whole seconds where both
+        sides have one, except an HTTP date against a time this side took
+        from FTP or a listing (an epoch number): another front end may round
+        its clock differently, and an unchanged file must not look changed.
         """
         if self.size != other.size:
             return f"size {self.size} -> {other.size}"
@@ -147,7 +148,9 @@ class Fingerprint:
             if _weakless(self.etag) != _weakless(other.etag):
                 return f"ETag {self.etag} -> {other.etag}"
             return None
-        if self.last_modified and other.last_modified and not str(self.last_modified).strip().lstrip("-").isdigit():
+        if self.last_modified and other.last_modified:
+            if _is_epoch(self.last_modified) and not _is_epoch(other.last_modified):
+                return None
             mine, theirs = _epoch(self.last_modified), _epoch(other.last_modified)
             if mine is not None and theirs is not None and mine != theirs:
                 return f"Last-Modified {self.last_modified} -> {other.last_modified}"
@@ -156,6 +159,10 @@ class Fingerprint:
     def matches(self, other: "Fingerprint") -> bool:
         """Same version, by :meth:`change_from`?"""
         return self.change_from(other) is None
+
+
+def _is_epoch(stamp) -> bool:
+    return str(stamp).strip().lstrip("-").isdigit()
 
 
 def _epoch(stamp: Optional[str]) -> Optional[int]:

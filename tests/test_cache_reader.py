@@ -170,12 +170,11 @@ def test_cached_blocks_are_whole_blocks(archive, open_reader):
     reader.read(key, 3, 100)
     reader.read(key, 7 * bs, 3)
     reader.read(key, 2 * bs + 10, 3 * bs)
-    fid = ("f", key.fingerprint.key())
-    indices = reader.memory.indices(fid)
+    indices = reader.memory.indices(key)
     assert indices == [0, 2, 3, 4, 5, 7]
     for idx in indices:
         expected = min(bs, key.size - idx * bs)
-        assert reader.memory.get(fid, idx) == archive.files["f"][idx * bs:idx * bs + expected]
+        assert reader.memory.get(key, idx) == archive.files["f"][idx * bs:idx * bs + expected]
     assert wait_until(lambda: reader.disk.info()["blocks"] == 6)
     assert reader.cached_ranges(key) == [(0, bs), (2 * bs, 6 * bs), (7 * bs, 7 * bs + 5)]
 
@@ -273,7 +272,7 @@ def test_readahead_waste_is_bounded_by_bytes_read(archive, open_reader):
     start = 40 * MiB
     for offset in range(start, start + frame, 128 * KiB):
         assert reader.read(key, offset, 128 * KiB) == archive.files["stack"][offset:offset + 128 * KiB]
-    state = reader._files[("stack", key.fingerprint.key())]
+    state = reader._files[key]
     assert wait_until(lambda: not state.flights, timeout=20)   # read-ahead done
     # Read-ahead stays within 8 x the 2 MiB read (plus one window step).
     assert archive.fetched_bytes() <= frame + 8 * frame + 2 * MiB
@@ -282,8 +281,7 @@ def test_readahead_waste_is_bounded_by_bytes_read(archive, open_reader):
     key2 = archive.add("movie", 128 * MiB, seed=5)
     for offset in range(0, 40 * MiB, 1 * MiB):
         reader2.read(key2, offset, 1 * MiB)
-    assert max(s.window for s in reader2._files[("movie", key2.fingerprint.key())].streams) \
-        == settings.readahead
+    assert max(s.window for s in reader2.streams(key2)) == settings.readahead
 
 
 def test_parallel_limits_per_file_and_total(archive, open_reader):
@@ -371,7 +369,7 @@ def test_fingerprint_change_drops_old_blocks(archive, open_reader):
     assert wait_until(lambda: reader.disk.info()["blocks"] == 5)
     key2 = archive.add("f", 20 * KiB, seed=2, etag="v2")   # same size, new content
     assert reader.read(key2, 0, 20 * KiB) == archive.files["f"]
-    assert reader.memory.indices(("f", key1.fingerprint.key())) == []
+    assert reader.memory.indices(key1) == []
     assert reader.disk.fingerprint_key("f") == key2.fingerprint.key()
     assert wait_until(lambda: reader.disk.info()["blocks"] == 5)
     for idx in range(5):
@@ -489,7 +487,7 @@ def test_fetch_error_reaches_every_waiter_and_is_not_cached(archive, open_reader
         t.join()
     assert len(errors) == 4 and all(type(e) is RemoteError for e in errors)
     assert len(archive.requests) == 1
-    assert reader.memory.indices(("f", key.fingerprint.key())) == []
+    assert reader.memory.indices(key) == []
     assert reader.read(key, 0, 10) == archive.files["f"][:10]
     assert len(archive.requests) == 2 and reader.stats.errors == 1
 
@@ -513,7 +511,7 @@ def test_stale_file_drops_cached_blocks(archive, open_reader):
     archive.fail_next = [StaleFile("changed", url="f")]
     with pytest.raises(StaleFile):
         reader.read(key, 40 * KiB, 10)
-    assert reader.memory.indices(("f", key.fingerprint.key())) == []
+    assert reader.memory.indices(key) == []
     assert reader.disk.info()["blocks"] == 0
     assert reader.cached_ranges(key) == []
 

@@ -1,19 +1,25 @@
-"""A thread-safe LRU of blocks bounded in bytes.
+"""The memory tier: a thread-safe LRU of blocks bounded in bytes.
 
-Keys are ``(file_id, block_index)``; values are ``bytes``. The bound holds
-at every moment: :meth:`MemoryLRU.put` evicts *before* inserting, under the
-same lock, so no reader ever observes ``bytes_used > max_bytes``.
+Blocks are keyed by ``(FileVersion, index)`` (see :mod:`.keys`). The tier
+holds one version per URL: asking for another version drops the old one's
+blocks. The bound holds at every moment: :meth:`MemoryLRU.put` evicts
+*before* inserting, under the same lock, so no reader ever observes
+``bytes_used > max_bytes``.
 
 An ``OrderedDict`` rather than ``cachetools.LRUCache`` because we also keep
-a per-file index (``drop_file`` must not scan every key) and we want the
+a per-URL index (dropping a file must not scan every key) and we want the
 eviction and the insert in one critical section.
+
+Lock order: ``_lock`` is a leaf.
 """
 
 from __future__ import annotations
 
 import threading
 from collections import OrderedDict
-from typing import Hashable, Optional
+from typing import Optional
+
+from empiarfs.cache.keys import FileVersion
 
 
 class MemoryLRU:
@@ -31,8 +37,9 @@ class MemoryLRU:
             raise ValueError(f"max_bytes must not be negative: {max_bytes}")
         self._max = int(max_bytes)
         self._lock = threading.Lock()
-        self._data: OrderedDict = OrderedDict()
-        self._by_file: dict[Hashable, set[int]] = {}
+        self._data: OrderedDict = OrderedDict()     # (url, index) -> bytes
+        self._versions: dict[str, FileVersion] = {}  # url -> the version held
+        self._by_url: dict[str, set[int]] = {}
         self._used = 0
 
     @property
@@ -48,21 +55,23 @@ class MemoryLRU:
         with self._lock:
             return len(self._data)
 
-    def __contains__(self, key) -> bool:
-        """Presence test that does not refresh the entry's recency."""
+    def holds(self, version: FileVersion, index: int) -> bool:
+        """Presence test that does not refresh the block's recency."""
         with self._lock:
-            return key in self._data
+            return self._held(version, drop=False) and (version.url, index) in self._data
 
-    def get(self, file_id: Hashable, index: int) -> Optional[bytes]:
+    def get(self, version: FileVersion, index: int) -> Optional[bytes]:
         """The block, or ``None``; a hit makes it most recently used."""
-        key = (file_id, index)
+        key = (version.url, index)
         with self._lock:
+            if not self._held(version):
+                return None
             data = self._data.get(key)
             if data is not None:
                 self._data.move_to_end(key)
             return data
 
-    def put(self, file_id: Hashable, index: int, data: bytes) -> bool:
+    def put(self, version: FileVersion, index: int, data: bytes) -> bool:
         """Store a block, evicting least recently used blocks first.
 
         Returns
@@ -73,44 +82,67 @@ class MemoryLRU:
         size = len(data)
         if size > self._max:
             return False
-        key = (file_id, index)
+        key = (version.url, index)
         with self._lock:
+            if not self._held(version) or version.url not in self._versions:
+                self._versions[version.url] = version
             old = self._data.pop(key, None)
             if old is not None:
                 self._used -= len(old)
             while self._used + size > self._max and self._data:
-                (ev_file, ev_index), ev_data = self._data.popitem(last=False)
+                (ev_url, ev_index), ev_data = self._data.popitem(last=False)
                 self._used -= len(ev_data)
-                self._forget(ev_file, ev_index)
-            self._data[key] = bytes(data)
+                self._forget(ev_url, ev_index)
+            self._data[key] = data if isinstance(data, bytes) else bytes(data)
             self._used += size
-            self._by_file.setdefault(file_id, set()).add(index)
+            self._by_url.setdefault(version.url, set()).add(index)
         return True
 
-    def indices(self, file_id: Hashable) -> list[int]:
-        """Block indices held for one file (no recency change)."""
+    def indices(self, version: FileVersion) -> list[int]:
+        """Block indices held for this version (no recency change)."""
         with self._lock:
-            return sorted(self._by_file.get(file_id, ()))
+            if self._versions.get(version.url) is None or not self._held(version, drop=False):
+                return []
+            return sorted(self._by_url.get(version.url, ()))
 
-    def drop_file(self, file_id: Hashable) -> int:
-        """Forget every block of one file; returns the number dropped."""
+    def drop(self, url: str) -> int:
+        """Forget every block of ``url``; returns the number dropped."""
         with self._lock:
-            indices = self._by_file.pop(file_id, set())
-            for index in indices:
-                data = self._data.pop((file_id, index), None)
-                if data is not None:
-                    self._used -= len(data)
-            return len(indices)
+            return self._drop(url)
 
     def clear(self) -> None:
         with self._lock:
             self._data.clear()
-            self._by_file.clear()
+            self._by_url.clear()
+            self._versions.clear()
             self._used = 0
 
-    def _forget(self, file_id, index) -> None:
-        indices = self._by_file.get(file_id)
+    # -- lock held ------------------------------------------------------------
+    def _held(self, version: FileVersion, drop: bool = True) -> bool:
+        """Is no other version of the URL held? A get or put of a new
+        version drops the old one (``drop``); a query leaves it."""
+        current = self._versions.get(version.url)
+        if current is None or current is version or current == version:
+            return True
+        if current.same_version(version.fingerprint):
+            return True
+        if drop:
+            self._drop(version.url)
+        return False
+
+    def _drop(self, url: str) -> int:
+        self._versions.pop(url, None)
+        indices = self._by_url.pop(url, set())
+        for index in indices:
+            data = self._data.pop((url, index), None)
+            if data is not None:
+                self._used -= len(data)
+        return len(indices)
+
+    def _forget(self, url, index) -> None:
+        indices = self._by_url.get(url)
         if indices is not None:
             indices.discard(index)
             if not indices:
-                del self._by_file[file_id]
+                del self._by_url[url]
+                self._versions.pop(url, None)

@@ -1,5 +1,11 @@
 """The block reader: memory -> disk -> network, single-flight, read-ahead.
 
+Its parts: the one cache (:class:`~empiarfs.cache.tiered.TieredCache`,
+keyed by :class:`~empiarfs.cache.keys.FileVersion`), the read-ahead policy
+(:class:`~empiarfs.cache.readahead.ReadAhead`, a pure value) and the fetch
+scheduler (:class:`~empiarfs.cache.scheduler.FetchScheduler`). This module
+only claims blocks, waits for them and runs fetch jobs (:class:`FetchJob`).
+
 The reader reaches the network only through ``fetch(url, start, end,
 fingerprint) -> bytes`` (bytes ``[start, end)``, clipped at end of file);
 it never imports ``http`` or ``archive``.
@@ -23,40 +29,34 @@ How a read works
    read waiting on its blocks; nothing is cached. ``StaleFile`` also drops
    every cached block of the file.
 
-Sequential reads (each starting where a previous read of the file ended,
-or up to one read later; read-ahead starts at the third such read) get a
-read-ahead window from 1 MiB, doubling with each read but never above
-8 times the bytes the stream has read so far, up to ``settings.readahead``
-(and at most a quarter of the memory cache, so prefetched blocks are not
-evicted before they are read): a reader of one 2 MiB frame is not sent
-64 MiB of the next ones, while a long stream soon keeps every connection
-busy. Random reads fetch only the blocks they touch.
+Sequential reads get a read-ahead window (the rules are in
+:mod:`empiarfs.cache.readahead`); random reads fetch only the blocks they
+touch.
 
 Lock order
 ----------
-``BlockReader._lock`` -> ``MemoryLRU._lock`` / ``DiskStore._lock`` /
-``ReaderStats._lock`` / the executor's internal lock. The last four are
-leaves. The reader lock is never held while calling ``fetch``, reading or
+``BlockReader._lock`` -> ``MemoryLRU._lock`` / ``FetchScheduler._lock`` /
+``ReaderStats._lock``, all leaves. ``DiskStore._lock`` is never taken
+with the reader lock held. The reader lock is never held while calling ``fetch``, reading or
 writing block payloads on disk, or waiting on a flight.
 """
 
 from __future__ import annotations
 
-import concurrent.futures
 import logging
-import queue
 import threading
 import time
-from collections import deque
 from dataclasses import dataclass
 from typing import Callable, Optional
 
-from empiarfs import ranges
 from empiarfs.cache.blocks import Request, blocks_for, coalesce
 from empiarfs.cache.disk import DiskStore
+from empiarfs.cache.keys import FileKey, FileVersion
 from empiarfs.cache.memory import MemoryLRU
+from empiarfs.cache.readahead import ReadAhead, ReadAheadConfig
+from empiarfs.cache.scheduler import FetchScheduler
 from empiarfs.cache.stats import ReaderStats
-from empiarfs.config import MiB
+from empiarfs.cache.tiered import TieredCache
 from empiarfs.errors import BadResponse, DeadlineExceeded, RemoteError, StaleFile
 from empiarfs.model import Fingerprint
 
@@ -64,37 +64,15 @@ log = logging.getLogger(__name__)
 
 Fetch = Callable[[str, int, int, Fingerprint], bytes]
 
-# First read-ahead window of a sequential stream.
-INITIAL_WINDOW = 1 * MiB
-# The window doubles per read but stays within this many times the bytes
-# the stream has read, so the waste when a reader stops (at a frame's or a
-# region's end) is bounded by what it read; a smaller factor ramps up too
-# slowly on a slow link (docs/performance.md, "Tuning").
-WINDOW_PER_BYTE_READ = 8
 # A read's own missing blocks go out in at most this many requests, each
 # at least MIN_URGENT_PIECE: before read-ahead starts, a stream's first
 # reads would otherwise come at one connection's speed.
 URGENT_PIECES = 4
 MIN_URGENT_PIECE = 256 * 1024
-# Sequential streams remembered per file (interleaved readers of one file).
-STREAMS_PER_FILE = 8
 # Idle per-file states kept before pruning.
 MAX_IDLE_STATES = 4096
-# Bytes of fetched blocks waiting for the disk writer, at most.
-DISK_QUEUE_BYTES = 64 * MiB
 
-
-@dataclass(frozen=True)
-class FileKey:
-    """One version of one remote file: its URL and fingerprint (whose
-    ``size`` is the file size)."""
-
-    url: str
-    fingerprint: Fingerprint
-
-    @property
-    def size(self) -> int:
-        return self.fingerprint.size
+__all__ = ["BlockReader", "FetchJob", "FileKey", "FileVersion"]
 
 
 class _Flight:
@@ -109,33 +87,25 @@ class _Flight:
         self.started = time.monotonic()
 
 
-class _Stream:
-    __slots__ = ("start", "end", "last_size", "hits", "window", "ahead")
+@dataclass
+class FetchJob:
+    """One coalesced range request and the flights it will complete."""
 
-    def __init__(self, end: int, last_size: int):
-        self.start = end - last_size  # where the stream began
-        self.end = end              # where the next sequential read starts
-        self.last_size = last_size  # size of the last read of this stream
-        self.hits = 0               # reads that continued this stream
-        self.window = 0             # read-ahead window (0: not sequential yet)
-        self.ahead = end            # read-ahead was issued up to here
+    request: Request
+    flights: dict            # block index -> _Flight
+    readahead: bool          # fetched ahead of any reader (counted apart)
+    check_disk: bool         # look on disk first (read-ahead jobs do it on the pool)
 
 
 class _FileState:
-    """Reader state of one file version (all fields guarded by the reader
-    lock)."""
+    """Reader state of one file version (guarded by the reader lock)."""
 
-    def __init__(self, key: FileKey):
+    __slots__ = ("key", "flights", "readahead")
+
+    def __init__(self, key: FileVersion, config: ReadAheadConfig):
         self.key = key
-        self.fid = (key.url, key.fingerprint.key())
         self.flights: dict[int, _Flight] = {}
-        self.streams: list[_Stream] = []
-        self.active = 0
-        self.urgent: deque = deque()
-        self.background: deque = deque()
-
-    def idle(self) -> bool:
-        return not (self.flights or self.active or self.urgent or self.background)
+        self.readahead = ReadAhead(config, key.size)
 
 
 class BlockReader:
@@ -171,29 +141,27 @@ class BlockReader:
                 f"{settings.block_size}; open the DiskStore with block_size=settings.block_size")
         self._fetch = fetch
         self.settings = settings
-        self.memory = memory
-        self.disk = disk
+        self.cache = TieredCache(memory, disk, settings.block_size)
         self.stats = stats if stats is not None else ReaderStats()
         self._bs = settings.block_size
-        self._max_window = max(self._bs, min(settings.readahead, memory.max_bytes // 4))
+        self._policy = ReadAheadConfig.from_settings(settings, memory.max_bytes)
         self._lock = threading.Lock()
-        self._files: dict[tuple, _FileState] = {}
-        self._url_fids: dict[str, set] = {}
-        self._futures: set = set()
+        self._files: dict[FileVersion, _FileState] = {}
+        self._url_versions: dict[str, set] = {}
         self._closed = False
-        self._disk_jobs: queue.SimpleQueue = queue.SimpleQueue()
-        self._disk_queued = 0
-        self._disk_thread: Optional[threading.Thread] = None
-        # Set by close() once the writer is told to stop; fetches finishing
-        # during close() still queue their blocks until then.
-        self._disk_stopped = False
-        # Threads are created lazily on the first submit, i.e. after a
-        # daemon has forked.
-        self._pool = concurrent.futures.ThreadPoolExecutor(
-            max_workers=max(1, settings.parallel_total), thread_name_prefix="empiarfs-fetch")
+        self._scheduler = FetchScheduler(self._run, settings.parallel_total,
+                                         settings.parallel_per_file)
+
+    @property
+    def memory(self) -> MemoryLRU:
+        return self.cache.memory
+
+    @property
+    def disk(self) -> Optional[DiskStore]:
+        return self.cache.disk
 
     # ------------------------------------------------------------------ read
-    def read(self, key: FileKey, offset: int, size: int) -> bytes:
+    def read(self, key: FileVersion, offset: int, size: int) -> bytes:
         """Bytes ``[offset, offset + size)`` of the file, short only at the
         end of the file (``b""`` past it).
 
@@ -210,7 +178,7 @@ class BlockReader:
             raise ValueError(f"negative offset or size: offset={offset} size={size}")
         if self._closed:
             raise ValueError("block reader is closed")
-        file_size = key.fingerprint.size
+        file_size = key.size
         indices = blocks_for(offset, size, self._bs, file_size)
         if not indices:
             return b""
@@ -222,7 +190,7 @@ class BlockReader:
         with self._lock:
             state = self._state(key)
             for idx in indices:
-                data = self.memory.get(state.fid, idx)
+                data = self.cache.in_memory(key, idx)
                 if data is not None:
                     found[idx] = data
                     continue
@@ -232,16 +200,17 @@ class BlockReader:
                     claimed[idx] = flight
                 else:
                     self.stats.add("waits")
-                    self._promote(state, idx)
+                    self._scheduler.promote(state, lambda job, idx=idx: idx in job.flights)
                 waiting[idx] = flight
-            prefetch, piece = self._plan_readahead(state, offset, end)
+            plan = state.readahead.on_read(offset, end)
+            prefetch = self._claim(state, plan) if plan is not None else {}
         if found:
             self.stats.add("hits_memory", len(found))
         try:
-            self._load(state, claimed, urgent=True)
+            self._load(state, claimed)
         finally:
             if prefetch:
-                self._submit_background(state, prefetch, piece)
+                self._submit_background(state, prefetch, plan.piece)
         for idx, flight in waiting.items():
             remaining = deadline - time.monotonic()
             if not flight.event.wait(max(0.0, remaining)):
@@ -259,101 +228,55 @@ class BlockReader:
         else:
             block = b"".join(found[i] for i in indices)
         lo = offset - first * self._bs
+        if lo == 0 and len(block) == end - offset:
+            return block
         return block[lo:lo + (end - offset)]
 
     # ------------------------------------------------------------- internals
-    def _state(self, key: FileKey) -> _FileState:
+    def _state(self, key: FileVersion) -> _FileState:
         """Per-file state (reader lock held)."""
-        fid = (key.url, key.fingerprint.key())
-        state = self._files.get(fid)
+        state = self._files.get(key)
         if state is not None:
             return state
-        fids = self._url_fids.setdefault(key.url, set())
-        # A new version of the URL: blocks of older versions are stale.
-        for old in list(fids):
-            if old != fid:
-                self.memory.drop_file(old)
-                fids.discard(old)
+        versions = self._url_versions.setdefault(key.url, set())
+        # A new version of the URL: states of older ones are stale (the
+        # cache tiers drop their blocks themselves when asked for this one).
+        for old in list(versions):
+            if old != key:
+                versions.discard(old)
                 old_state = self._files.get(old)
-                if old_state is not None and old_state.idle():
+                if old_state is not None and self._idle(old_state):
                     del self._files[old]
-        fids.add(fid)
+        versions.add(key)
         if len(self._files) > MAX_IDLE_STATES:
             for other, st in list(self._files.items()):
-                if st.idle():
+                if self._idle(st):
                     del self._files[other]
-        state = self._files[fid] = _FileState(key)
+        state = self._files[key] = _FileState(key, self._policy)
         return state
 
-    def _plan_readahead(self, state: _FileState, offset: int,
-                        end: int) -> tuple[dict[int, _Flight], int]:
-        """Update the sequential streams and claim read-ahead blocks
-        (reader lock held); also the request size to fetch them in."""
-        # A read continues a stream if it starts where the stream ended, or
-        # at most one read further (a kernel may deliver its own read-ahead
-        # requests slightly out of order).
-        match = None
-        for stream in state.streams:
-            if stream.end <= offset <= stream.end + stream.last_size:
-                match = stream
-                break
-        if match is None:
-            state.streams.insert(0, _Stream(end, end - offset))
-            del state.streams[STREAMS_PER_FILE:]
-            return {}, 0
-        state.streams.remove(match)
-        state.streams.insert(0, match)
-        match.end = max(match.end, end)
-        match.last_size = end - offset
-        match.hits += 1
-        # Two continuations in a row before any read-ahead: a random reader
-        # landing by chance just after an earlier read must not pay for one.
-        if match.hits < 2:
-            return {}, 0
-        match.window = max(self._bs, min(max(2 * match.window, INITIAL_WINDOW),
-                                         WINDOW_PER_BYTE_READ * (match.end - match.start),
-                                         self._max_window))
-        file_size = state.key.fingerprint.size
-        # Spread the window over parallel_per_file requests: on a slow link
-        # throughput is connections x per-connection rate, and a stalled
-        # request then costs a small piece, not max_request. Top the window
-        # up as soon as one request's worth is free, so all connections stay
-        # busy (refilling at half-window left a quarter of them idle).
-        unit = self._request_size(match.window)
-        if match.ahead - end > match.window - unit or match.ahead >= file_size:
-            return {}, 0
-        start = max(match.ahead, end)
-        span = end + match.window - start
-        # Whole units, so refills do not leave small requests.
-        if span >= unit:
-            span -= span % unit
-        stop = min(start + span, file_size)
-        match.ahead = stop
+    def _idle(self, state: _FileState) -> bool:
+        return not state.flights and not self._scheduler.busy(state)
+
+    def _claim(self, state: _FileState, plan) -> dict[int, _Flight]:
+        """Claim the blocks of a read-ahead plan that no one has or loads
+        (reader lock held)."""
         claimed: dict[int, _Flight] = {}
-        for idx in blocks_for(start, stop - start, self._bs, file_size):
-            if idx in state.flights or (state.fid, idx) in self.memory:
+        for idx in blocks_for(plan.start, plan.stop - plan.start, self._bs, state.key.size):
+            if idx in state.flights or self.cache.memory_holds(state.key, idx):
                 continue
             claimed[idx] = state.flights[idx] = _Flight()
-        return claimed, unit
+        return claimed
 
-    def _promote(self, state: _FileState, idx: int) -> None:
-        """A reader now waits for a block queued as read-ahead: move its job
-        to the front (reader lock held)."""
-        for job in state.background:
-            if idx in job[1]:
-                state.background.remove(job)
-                state.urgent.append(job)
-                return
-
-    def _load(self, state: _FileState, claimed: dict[int, _Flight], urgent: bool) -> None:
-        """Serve claimed blocks from disk, fetch the rest (caller thread)."""
+    def _load(self, state: _FileState, claimed: dict[int, _Flight]) -> None:
+        """Serve a read's claimed blocks from disk, fetch the rest (caller thread)."""
         if not claimed:
             return
         remaining = dict(claimed)
         try:
-            if self.disk is not None:
+            if self.cache.disk is not None:
                 for idx in sorted(claimed):
-                    data = self._disk_get(state, idx)
+                    data = self.cache.on_disk(state.key, idx)
                     if data is not None:
                         self.stats.add("hits_disk")
                         self._complete(state, idx, claimed[idx], data)
@@ -361,9 +284,10 @@ class BlockReader:
             if remaining:
                 self.stats.add("misses", len(remaining))
                 for request in coalesce(remaining, self._bs, self._urgent_request_size(len(remaining)),
-                                        state.key.fingerprint.size):
+                                        state.key.size):
                     flights = {i: remaining.pop(i) for i in request.blocks}
-                    self._submit(state, request, flights, urgent=urgent, check_disk=False)
+                    self._scheduler.submit(state, FetchJob(request, flights, readahead=False,
+                                                           check_disk=False), urgent=True)
         except BaseException as exc:
             for idx, flight in remaining.items():
                 self._fail(state, idx, flight, exc)
@@ -372,70 +296,27 @@ class BlockReader:
     def _urgent_request_size(self, blocks: int) -> int:
         """Request size for a read's own missing blocks: a large read is
         split over up to URGENT_PIECES connections (one EMPIAR connection
-        is slow, docs/empiar.md), in
-        pieces of at least MIN_URGENT_PIECE (every request may stall, and
-        the read waits for all of them)."""
+        is slow, docs/empiar.md), in pieces of at least MIN_URGENT_PIECE
+        (every request may stall, and the read waits for all of them)."""
         share = -(-blocks // URGENT_PIECES) * self._bs
         return max(self._bs, min(self.settings.max_request, max(MIN_URGENT_PIECE, share)))
-
-    def _request_size(self, window: int) -> int:
-        """Read-ahead request size for a window: window / (2 x
-        parallel_per_file), in whole blocks, between one block and
-        ``max_request``. Two requests per connection in the window keep the
-        connections busy, and smaller pieces shorten the tail at the end of
-        a file, where fewer connections are left working."""
-        share = window // (2 * max(1, self.settings.parallel_per_file))
-        share -= share % self._bs
-        return max(self._bs, min(self.settings.max_request, share))
 
     def _submit_background(self, state: _FileState, claimed: dict[int, _Flight],
                            piece: int) -> None:
         """Queue read-ahead: disk lookups and fetches happen on the pool."""
-        requests = coalesce(claimed, self._bs, piece,
-                            state.key.fingerprint.size)
-        for request in requests:
+        for request in coalesce(claimed, self._bs, piece, state.key.size):
             flights = {i: claimed[i] for i in request.blocks}
             try:
-                self._submit(state, request, flights, urgent=False, check_disk=True)
+                self._scheduler.submit(state, FetchJob(request, flights, readahead=True,
+                                                       check_disk=True), urgent=False)
             except BaseException as exc:
                 for idx, flight in flights.items():
                     self._fail(state, idx, flight, exc)
 
-    def _submit(self, state: _FileState, request: Request, flights: dict,
-                urgent: bool, check_disk: bool) -> None:
-        job = (request, flights, not urgent, check_disk)
-        with self._lock:
-            if self._closed:
-                raise RemoteError("block reader is closed", url=state.key.url)
-            if state.active < self.settings.parallel_per_file:
-                state.active += 1
-                self._start(state, job)
-            else:
-                (state.urgent if urgent else state.background).append(job)
-
-    def _start(self, state: _FileState, job) -> None:
-        """Hand one job to the pool (reader lock held)."""
-        future = self._pool.submit(self._runner, state, job)
-        self._futures.add(future)
-        future.add_done_callback(self._futures.discard)
-
-    def _runner(self, state: _FileState, job) -> None:
-        try:
-            self._run(state, *job)
-        except BaseException as exc:  # pragma: no cover - _run handles its errors
-            log.exception("block fetch job failed: %s", exc)
-        finally:
-            with self._lock:
-                queue = state.urgent or state.background
-                if queue and not self._closed:
-                    self._start(state, queue.popleft())
-                else:
-                    state.active -= 1
-
-    def _run(self, state: _FileState, request: Request, flights: dict,
-             readahead: bool, check_disk: bool) -> None:
+    def _run(self, state: _FileState, job: FetchJob) -> None:
         """Load one coalesced request on a pool thread."""
         key = state.key
+        flights = job.flights
         with self._lock:
             # Blocks whose readers gave up at their deadline while this job
             # waited for a thread are not fetched: under a dripping or
@@ -446,24 +327,30 @@ class BlockReader:
         if not flights:
             return
         try:
-            if check_disk and self.disk is not None:
+            if job.check_disk and self.cache.disk is not None:
                 for idx in list(flights):
-                    data = self._disk_get(state, idx)
+                    data = self.cache.on_disk(key, idx)
                     if data is not None:
                         self.stats.add("hits_disk")
                         self._complete(state, idx, flights.pop(idx), data)
             for sub in coalesce(flights, self._bs, self.settings.max_request, key.size):
                 data = self._fetch_checked(key, sub.start, sub.end)
                 self.stats.add("bytes_fetched", len(data))
-                if readahead:
+                if job.readahead:
                     self.stats.add("readahead_bytes", len(data))
+                view = memoryview(data)
                 fetched = []
                 for idx in sub.blocks:
                     lo = (idx - sub.first) * self._bs
-                    fetched.append((idx, data[lo:lo + self._bs]))
+                    fetched.append((idx, bytes(view[lo:lo + self._bs])))
                 # Queue the disk write before waking readers: a reader that
                 # returns and closes the cache must find its blocks saved.
-                self._store_on_disk(state, fetched)
+                with self._lock:
+                    current = self._files.get(key) is state
+                if current:
+                    skipped = self.cache.put(key, fetched, memory=False)
+                    if skipped:
+                        self.stats.add("disk_skipped", skipped)
                 for idx, block in fetched:
                     self._complete(state, idx, flights.pop(idx), block)
         except Exception as exc:
@@ -476,7 +363,7 @@ class BlockReader:
             for idx, flight in flights.items():
                 self._fail(state, idx, flight, exc)
 
-    def _fetch_checked(self, key: FileKey, start: int, end: int) -> bytes:
+    def _fetch_checked(self, key: FileVersion, start: int, end: int) -> bytes:
         self.stats.add("requests")
         data = self._fetch(key.url, start, end, key.fingerprint)
         if not isinstance(data, bytes):
@@ -487,62 +374,11 @@ class BlockReader:
                 f"expected {end - start}", url=key.url)
         return data
 
-    def _disk_get(self, state: _FileState, idx: int) -> Optional[bytes]:
-        try:
-            return self.disk.get(state.key.url, state.key.fingerprint, idx)
-        except Exception as exc:  # a broken cache must not break reads
-            log.warning("disk cache read failed (%s); reading from the network", exc)
-            return None
-
-    def _store_on_disk(self, state: _FileState, blocks: list) -> None:
-        """Hand fetched blocks to the disk writer. Writing on the fetch
-        thread capped cold reads at the disk's speed; when the writer falls
-        more than DISK_QUEUE_BYTES behind, blocks skip the disk cache
-        (they are still in memory) instead of slowing reads down."""
-        if self.disk is None:
-            return
-        size = sum(len(block) for _, block in blocks)
-        with self._lock:
-            if self._files.get(state.fid) is not state:
-                return  # invalidated while fetching
-            if self._disk_stopped or self._disk_queued + size > DISK_QUEUE_BYTES:
-                self.stats.add("disk_skipped", len(blocks))
-                return
-            self._disk_queued += size
-            if self._disk_thread is None:
-                self._disk_thread = threading.Thread(target=self._disk_writer,
-                                                     name="empiarfs-disk", daemon=True)
-                self._disk_thread.start()
-        self._disk_jobs.put((state, blocks, size))
-
-    def _disk_writer(self) -> None:
-        while True:
-            job = self._disk_jobs.get()
-            if job is None:
-                return
-            state, blocks, size = job
-            try:
-                self._write_blocks(state, blocks)
-            finally:
-                with self._lock:
-                    self._disk_queued -= size
-
-    def _write_blocks(self, state: _FileState, blocks: list) -> None:
-        with self._lock:
-            if self._files.get(state.fid) is not state:
-                return  # invalidated while queued
-        for idx, block in blocks:
-            try:
-                self.disk.put(state.key.url, state.key.fingerprint, idx, block)
-            except Exception as exc:
-                log.warning("disk cache write failed (%s); continuing without it", exc)
-                return
-
     def _complete(self, state: _FileState, idx: int, flight: _Flight, data: bytes) -> None:
         """Deliver a block to its readers and the memory cache."""
         with self._lock:
-            if self._files.get(state.fid) is state:
-                self.memory.put(state.fid, idx, data)
+            if self._files.get(state.key) is state:
+                self.cache.memory.put(state.key, idx, data)
             if state.flights.get(idx) is flight:
                 del state.flights[idx]
             flight.data = data
@@ -558,21 +394,20 @@ class BlockReader:
     def _give_up(self, state: _FileState, waiting: dict) -> None:
         """After a deadline: forget unfinished flights so that the next read
         starts a fresh fetch rather than waiting on a hung one."""
+        cancelled = DeadlineExceeded(f"read-ahead of {state.key.url} cancelled",
+                                     url=state.key.url)
         with self._lock:
             for idx, flight in waiting.items():
                 if not flight.event.is_set() and state.flights.get(idx) is flight:
                     del state.flights[idx]
             # The file is not being served: stop reading ahead of it.
-            cancelled = DeadlineExceeded(f"read-ahead of {state.key.url} cancelled",
-                                         url=state.key.url)
-            while state.background:
-                _, flights, _, _ = state.background.popleft()
-                for idx, flight in flights.items():
+            for job in self._scheduler.cancel_background(state):
+                for idx, flight in job.flights.items():
                     if state.flights.get(idx) is flight:
                         del state.flights[idx]
                     flight.error = cancelled
                     flight.event.set()
-            state.streams.clear()
+            state.readahead.forget()
 
     # ------------------------------------------------------------------- API
     def invalidate(self, url: str) -> None:
@@ -580,23 +415,19 @@ class BlockReader:
         on disk; fetches in progress still answer their readers but no
         longer fill the caches."""
         with self._lock:
-            for fid in self._url_fids.pop(url, set()):
-                self.memory.drop_file(fid)
-                self._files.pop(fid, None)
-        if self.disk is not None:
-            try:
-                self.disk.drop_file(url)
-            except Exception as exc:
-                log.warning("cannot drop %s from the disk cache: %s", url, exc)
+            for version in self._url_versions.pop(url, set()):
+                self._files.pop(version, None)
+        self.cache.drop(url)
 
-    def cached_ranges(self, key: FileKey) -> list[tuple[int, int]]:
+    def cached_ranges(self, key: FileVersion) -> list[tuple[int, int]]:
         """Byte ranges of this file version held in memory or on disk."""
-        fid = (key.url, key.fingerprint.key())
-        indices = set(self.memory.indices(fid))
-        spans = ranges.of_blocks(indices, self._bs, key.size)
-        if self.disk is not None and self.disk.fingerprint_key(key.url) == fid[1]:
-            spans = ranges.merge(spans + self.disk.cached_ranges(key.url))
-        return spans
+        return self.cache.cached_ranges(key)
+
+    def streams(self, key: FileVersion):
+        """The read-ahead streams of a file version (for tests and stats)."""
+        with self._lock:
+            state = self._files.get(key)
+            return list(state.readahead.streams) if state is not None else []
 
     def close(self, timeout: float = 5.0) -> None:
         """Stop the pool: queued jobs are cancelled and their readers fail;
@@ -606,27 +437,12 @@ class BlockReader:
                 return
             self._closed = True
             states = list(self._files.values())
-            futures = list(self._futures)
-        self._pool.shutdown(wait=False, cancel_futures=True)
         error = RemoteError("block reader closed")
-        for state in states:
-            with self._lock:
-                queued = list(state.urgent) + list(state.background)
-                state.urgent.clear()
-                state.background.clear()
-            for _request, flights, _ra, _cd in queued:
-                for idx, flight in flights.items():
-                    self._fail(state, idx, flight, error)
-        _done, not_done = concurrent.futures.wait(futures, timeout=timeout)
-        if not_done:
-            log.warning("%d fetches still running after close()", len(not_done))
+        for state, job in self._scheduler.close(timeout):
+            for idx, flight in job.flights.items():
+                self._fail(state, idx, flight, error)
         # Finish the queued disk writes: a remount should find them.
-        with self._lock:
-            self._disk_stopped = True
-            writer = self._disk_thread
-        if writer is not None:
-            self._disk_jobs.put(None)
-            writer.join(timeout)
+        self.cache.close(timeout)
         # Flights of cancelled jobs never complete otherwise.
         for state in states:
             with self._lock:
