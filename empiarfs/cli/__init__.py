@@ -6,6 +6,7 @@ attaches itself to :data:`main`; this module imports them all.
 
 from __future__ import annotations
 
+import difflib
 import logging
 import os
 import sys
@@ -21,8 +22,17 @@ EXIT_OK, EXIT_ERROR, EXIT_USAGE = 0, 1, 2
 
 class _Group(click.Group):
     """Turns empiarfs errors, and the operating system's (a full disk, a
-    directory that cannot be written), into one clear line and exit code 1.
-    Anything else is a bug and keeps its traceback."""
+    directory that cannot be written), into one clear line and exit code 1,
+    and a misused command into one line and exit code 2. Anything else is
+    a bug and keeps its traceback.
+
+    Also accepts the mount helper's calling form (see :func:`helper_form`).
+    """
+
+    def main(self, args=None, prog_name=None, **extra):
+        if args is None:
+            args = sys.argv[1:]
+        return super().main(helper_form(list(args), self.commands), prog_name, **extra)
 
     def invoke(self, ctx):
         try:
@@ -34,6 +44,82 @@ class _Group(click.Group):
             logging.getLogger(__name__).debug("command failed", exc_info=True)
             click.echo(f"empiarfs: error: {os_error_text(exc)}", err=True)
             ctx.exit(EXIT_ERROR)
+        except click.exceptions.NoArgsIsHelpError:
+            raise   # a group without its command: click shows the group's help
+        except click.UsageError as exc:
+            where = exc.ctx.command_path if exc.ctx is not None else ctx.command_path
+            click.echo(f"empiarfs: error: {one_line(exc.format_message())} "
+                       f"(see: {where} --help)", err=True)
+            ctx.exit(EXIT_USAGE)
+
+
+def helper_form(args: list, commands) -> list:
+    """The command line of ``mount.fuse3`` (``mount -t fuse.empiarfs``, an
+    fstab line) as an ``empiarfs mount`` command line.
+
+    libfuse's helper runs the program named by the type as ``empiarfs
+    SOURCE MOUNTPOINT -o OPTIONS`` (``empiarfs MOUNTPOINT -o OPTIONS``
+    when called without a source): a first word that is no command,
+    followed by a directory or being one, is that form. A near miss of a
+    command name (``moutn``) is left for click to correct.
+    """
+    if not args or args[0] in commands or args[0].startswith("-"):
+        return args
+    if difflib.get_close_matches(args[0], list(commands), n=1, cutoff=0.75):
+        return args
+    if len(args) >= 2 and not args[1].startswith("-") and os.path.isdir(args[1]):
+        return ["mount", args[1], "--source", args[0], *args[2:]]
+    if os.path.isdir(args[0]) and (len(args) == 1 or args[1].startswith("-")):
+        return ["mount", args[0], *args[1:]]
+    return args
+
+
+def plural(count: int, word: str, many: str | None = None) -> str:
+    """``1 file``, ``2 files``, ``1 entry``, ``3 entries``."""
+    if count == 1:
+        return f"{count} {word}"
+    if many is None:
+        many = word[:-1] + "ies" if word.endswith("y") and word[-2:-1] not in "aeiou" \
+            else word + "s"
+    return f"{count} {many}"
+
+
+def cache_dir_option(func):
+    """``--cache-dir``, for every command that reads or writes the cache."""
+    return click.option("--cache-dir", default=None, type=click.Path(file_okay=False),
+                        help="Cache directory (default ~/.cache/empiarfs). "
+                             "Env: EMPIARFS_CACHE_DIR.")(func)
+
+
+def selector_from(globs=(), regexes=()):
+    """The selector of repeated ``--glob`` and ``--regex`` options: a file
+    is chosen when any one of the patterns matches it.
+
+    Raises
+    ------
+    InvalidInput
+        If a pattern is malformed.
+    """
+    from empiarfs.namespace.select import Selector
+
+    parts = [Selector.glob(g) for g in globs or ()] + [Selector.regex(r) for r in regexes or ()]
+    if not parts:
+        return Selector.everything()
+    return parts[0] if len(parts) == 1 else AnyOf(tuple(parts))
+
+
+class AnyOf:
+    """Several selectors as one (what :func:`empiarfs.namespace.select.walk` needs)."""
+
+    def __init__(self, parts: tuple):
+        self.parts = parts
+        self.description = " or ".join(p.description for p in parts)
+
+    def matches(self, relpath: str) -> bool:
+        return any(p.matches(relpath) for p in self.parts)
+
+    def may_contain(self, dirpath: str) -> bool:
+        return any(p.may_contain(dirpath) for p in self.parts)
 
 
 def one_line(exc: BaseException) -> str:
@@ -138,6 +224,7 @@ COMMAND_MODULES = [
     "get",
     "cache",
     "mount",
+    "service",
     "export",
     "serve",
     "site_cache",

@@ -3,19 +3,33 @@
 from __future__ import annotations
 
 import logging
+import os
+import sys
 
 import click
 
-from empiarfs.cli import EXIT_ERROR, archive_options, main, settings_from
+from empiarfs.cli import (
+    EXIT_ERROR,
+    archive_options,
+    cache_dir_option,
+    main,
+    plural,
+    selector_from,
+    settings_from,
+)
 from empiarfs.cli.output import DownloadProgress, echo_json, human, rate, table
 from empiarfs.errors import InvalidInput
-from empiarfs.namespace.select import Selector, split_target
+from empiarfs.namespace.select import split_target
 from empiarfs.tools.download import (
+    VIA,
     DiskCacheSource,
     Downloader,
     targets_for,
     targets_from_lines,
 )
+
+# The exit status of a command stopped by Ctrl-C (128 + SIGINT), as shells use.
+EXIT_INTERRUPTED = 130
 
 log = logging.getLogger(__name__)
 
@@ -57,9 +71,11 @@ def open_resources(settings, use_cache: bool = True):
 @click.option("--from-list", "from_list", type=click.File("r"), metavar="FILE",
               help="Download the files listed in FILE ('-' = stdin): https/ftp URLs as "
                    "printed by `ls --urls`, or ACCESSION/PATH lines.")
-@click.option("--glob", "glob_", metavar="PATTERN",
-              help="Only files whose path (relative to the entry) matches this glob.")
-@click.option("--regex", metavar="RE", help="Only files whose relative path matches (re.search).")
+@click.option("--glob", "globs", metavar="PATTERN", multiple=True,
+              help="Only files whose path (relative to the entry) matches this glob "
+                   "(repeatable: a file matching any pattern is taken).")
+@click.option("--regex", "regexes", metavar="RE", multiple=True,
+              help="Only files whose relative path matches (re.search; repeatable).")
 @click.option("-o", "--output", default=".", show_default=True,
               type=click.Path(file_okay=False), help="Output directory.")
 @click.option("-j", "--jobs", default=4, show_default=True, type=click.IntRange(1, 64),
@@ -67,19 +83,25 @@ def open_resources(settings, use_cache: bool = True):
 @click.option("--split", default=4, show_default=True, type=click.IntRange(1, 32),
               help="Parallel range requests per large file.")
 @click.option("--dry-run", is_flag=True, help="Show what would be downloaded, resumed or skipped.")
+@click.option("--via", type=click.Choice(VIA), default="https", show_default=True,
+              help="https: parallel range requests; ftp: one stream per file, resumed "
+                   "with REST; auto: FTP first, HTTPS where FTP is blocked or fails.")
 @click.option("--no-cache", is_flag=True, help="Do not read blocks from the disk cache.")
 @click.option("--json", "as_json", is_flag=True, help="Print the plan/summary as JSON.")
+@cache_dir_option
 @archive_options
 @click.pass_context
-def get(ctx, target, from_list, glob_, regex, output, jobs, split, dry_run, no_cache, as_json,
-        api_url, data_url, ftp_url):
+def get(ctx, target, from_list, globs, regexes, output, jobs, split, dry_run, via, no_cache,
+        as_json, cache_dir, api_url, data_url, ftp_url):
     """Download files, keeping the archive's layout: DIR/EMPIAR-N/data/...
 
     Interrupted files resume from their .part file (after checking that the
     file on the server is unchanged: same size and ETag; otherwise they
     restart). A file appears under its final name only when complete;
     files already present with the right size are skipped. Blocks already
-    in the disk cache are copied instead of downloaded.
+    in the disk cache are copied instead of downloaded. Files keep the
+    archive's modification time. Ctrl-C stops at once; the same command
+    resumes.
 
     \b
     Patterns match paths relative to the entry: '*' stays in one
@@ -89,6 +111,8 @@ def get(ctx, target, from_list, glob_, regex, output, jobs, split, dry_run, no_c
     Examples:
       empiarfs get EMPIAR-10002/data/100_movie_gc.mrcs -o ~/empiar
       empiarfs get 10002 --glob 'data/*.mrcs' -o ~/empiar --jobs 8
+      empiarfs get 10002 --glob '*.xml' --glob 'data/10[0-3]_*' -o ~/empiar
+      empiarfs get 10002 --via auto -o ~/empiar      # FTP, else HTTPS
       empiarfs get 10002 --dry-run
       empiarfs ls 10002 -R --glob '*.mrcs' --urls https > list.txt
       empiarfs get --from-list list.txt -o ~/empiar
@@ -96,11 +120,20 @@ def get(ctx, target, from_list, glob_, regex, output, jobs, split, dry_run, no_c
     """
     if bool(target) == bool(from_list):
         raise click.UsageError("give either ACCESSION[/PATH] or --from-list FILE")
-    if from_list and (glob_ or regex):
+    if from_list and (globs or regexes):
         raise click.UsageError("--glob/--regex apply to ACCESSION[/PATH], not to --from-list")
-    settings = settings_from(ctx.obj, api_url=api_url, data_url=data_url, ftp_url=ftp_url)
-    selector = Selector.from_options(glob_, regex)
+    settings = settings_from(ctx.obj, api_url=api_url, data_url=data_url, ftp_url=ftp_url,
+                             cache_dir=cache_dir)
+    selector = selector_from(globs, regexes)
+    if via != "https" and not settings.ftp_url:
+        raise InvalidInput(f"--via {via} needs an FTP server, but FTP is off (ftp_url is "
+                           "empty); set --ftp-url or EMPIARFS_FTP_URL")
     transport, archive, disk, close = open_resources(settings, use_cache=not no_cache)
+    ftp = None
+    if via != "https":
+        from empiarfs.remote.ftp import FtpReader
+
+        ftp = FtpReader(timeout=max(settings.connect_timeout, settings.stall_timeout))
     progress = None
     try:
         if from_list:
@@ -117,16 +150,20 @@ def get(ctx, target, from_list, glob_, regex, output, jobs, split, dry_run, no_c
         downloader = Downloader(transport, output, jobs=jobs, split=split,
                                 piece_size=settings.max_request,
                                 cache=DiskCacheSource(disk) if disk is not None else None,
-                                listener=progress)
+                                listener=progress, via=via, ftp=ftp)
         if dry_run:
             _show_plan(downloader.plan(targets), as_json)
             return
         try:
             summary = downloader.run(targets)
+        except KeyboardInterrupt:
+            _interrupted(progress, output)
         finally:
             if progress is not None:
                 progress.close()
     finally:
+        if ftp is not None:
+            ftp.close()
         close()
     data = summary.as_dict()
     if as_json:
@@ -138,16 +175,33 @@ def get(ctx, target, from_list, glob_, regex, output, jobs, split, dry_run, no_c
             parts.append(click.style(f"{data['failed']} failed", fg="red"))
         cache_note = (f", {human(data['bytes_from_cache'])} from the disk cache"
                       if data["bytes_from_cache"] else "")
-        click.echo(f"{data['files']} files ({', '.join(parts)}): {human(data['bytes'])} "
-                   f"in {output}; fetched {human(data['bytes_fetched'])}{cache_note} in "
-                   f"{summary.seconds:.1f} s ({rate(data['bytes_fetched'], summary.seconds)})",
-                   err=True)
+        ways = data["via"]
+        via_note = (f" ({ways['ftp']} over FTP, {ways['https']} over HTTPS)"
+                    if ways["ftp"] else "")
+        click.echo(f"{plural(data['files'], 'file')} ({', '.join(parts)}): "
+                   f"{human(data['bytes'])} in {output}; fetched {human(data['bytes_fetched'])}"
+                   f"{cache_note}{via_note} in {summary.seconds:.1f} s "
+                   f"({rate(data['bytes_fetched'], summary.seconds)})", err=True)
         for failure in data["failures"]:
             click.echo(f"failed: {failure['file']}: {failure['error']}", err=True)
         if data["failed"]:
             click.echo("run the same command again to retry the failed files", err=True)
     if summary.failures:
         ctx.exit(EXIT_ERROR)
+
+
+def _interrupted(progress, output) -> None:
+    """Ctrl-C: say how to resume and leave now. Transfers that have not
+    noticed yet (a server that sends nothing) would hold the interpreter's
+    exit until their timeouts; what they wrote is recorded already."""
+    if progress is not None:
+        progress.close()
+    click.echo(f"empiarfs: interrupted; partial files in {output} are kept (.part); "
+               "run the same command again to resume", err=True)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    logging.shutdown()
+    os._exit(EXIT_INTERRUPTED)
 
 
 def _show_plan(items, as_json: bool) -> None:
@@ -160,5 +214,5 @@ def _show_plan(items, as_json: bool) -> None:
              i.target.label + (f"  ({i.error})" if i.error else "")) for i in items]
     click.echo(table(rows, ["ACTION", "SIZE", "HAVE", "FILE"], right=(1, 2)))
     todo = [i for i in items if i.status in ("new", "resume")]
-    click.echo(f"{len(todo)} of {len(items)} files to fetch, "
+    click.echo(f"{len(todo)} of {plural(len(items), 'file')} to fetch, "
                f"{human(sum(i.size - i.present for i in todo))} to download")

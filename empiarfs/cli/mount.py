@@ -10,6 +10,7 @@ import time
 import click
 
 from empiarfs.cli import archive_options, main, settings_from
+from empiarfs.cli.output import human
 from empiarfs.errors import InvalidInput
 
 CACHE_OPTIONS = [
@@ -32,6 +33,10 @@ CACHE_OPTIONS = [
     click.option("-f", "--foreground", is_flag=True, help="Stay in the foreground (logs to stderr)."),
     click.option("--nonempty", is_flag=True,
                  help="Mount even if MOUNTPOINT holds files (they are hidden until unmounted)."),
+    click.option("-o", "options", multiple=True, metavar="OPT[=VALUE],...",
+                 help="Mount options as in fstab: any setting under its config-key name "
+                      "(cache_size=200G,api_url=URL,allow_other), nonempty, and mount(8)'s "
+                      "generic options (ignored)."),
 ]
 
 
@@ -41,19 +46,35 @@ def cache_options(func):
     return func
 
 
-def _settings(ctx, **kw):
+def _settings(ctx, options=(), **kw):
+    """Settings from file/env, then ``-o`` options, then the named options;
+    and the mount flags given as ``-o`` (``nonempty``, ``foreground``)."""
+    import dataclasses
+
+    from empiarfs.config import Settings
+    from empiarfs.fuse.mount import parse_mount_options
+
+    from_o, flags = parse_mount_options(options, [f.name for f in dataclasses.fields(Settings)])
     keys = ("api_url", "data_url", "ftp_url", "cache_dir", "cache_size", "memory_cache",
             "block_size", "deadline", "metadata_ttl", "offline", "allow_other")
-    return settings_from(ctx.obj, **{k: kw.get(k) for k in keys})
+    named = {k: kw.get(k) for k in keys if kw.get(k) is not None}
+    flags["given"] = set(from_o) | set(named)
+    return settings_from(ctx.obj, **{**from_o, **named}), flags
 
 
 def _serve_mount(settings, mountpoint, foreground, debug, before=None, source=None,
                  nonempty=False):
     """Mount in this process (foreground) or in a detached child."""
-    from empiarfs.fuse.mount import check_mountpoint, daemonize_and_mount, run_fuse
+    from empiarfs.fuse.mount import (
+        check_mountpoint,
+        check_user_mount,
+        daemonize_and_mount,
+        run_fuse,
+    )
     from empiarfs.namespace.filesystem import EmpiarFS, check_cache_dir
 
     mountpoint = check_mountpoint(mountpoint, nonempty=nonempty)
+    check_user_mount(mountpoint, settings.allow_other)
     if settings.cache_dir:
         # Here, before the fork: the daemon's log file lives there too.
         check_cache_dir(settings.cache_dir)
@@ -81,10 +102,12 @@ def _serve_mount(settings, mountpoint, foreground, debug, before=None, source=No
 
 @main.command()
 @click.argument("mountpoint", type=click.Path())
+@click.option("--source", default=None, hidden=True,
+              help="The first field of an fstab line (given by mount.fuse3; not used).")
 @archive_options
 @cache_options
 @click.pass_context
-def mount(ctx, mountpoint, foreground, nonempty, **kw):
+def mount(ctx, mountpoint, foreground, nonempty, options, source, **kw):
     """Mount the whole EMPIAR archive read-only at MOUNTPOINT.
 
     \b
@@ -93,11 +116,17 @@ def mount(ctx, mountpoint, foreground, nonempty, **kw):
       ls /mnt/empiar/EMPIAR-10002/data | head
       python -c "import mrcfile; print(mrcfile.open('/mnt/empiar/EMPIAR-10002/data/100_movie_gc.mrcs', header_only=True).header.nx)"
       empiarfs mount --cache-size 200G --memory-cache 4G /mnt/empiar
+      empiarfs mount /mnt/empiar -o allow_other,cache_size=200G
       empiarfs umount /mnt/empiar
+
+    \b
+    From fstab or mount(8) (empiarfs must be on root's default PATH):
+      empiarfs  /mnt/empiar  fuse.empiarfs  ro,allow_other,cache_size=200G  0 0
+      mount -t fuse.empiarfs empiarfs /mnt/empiar -o allow_other
     """
-    settings = _settings(ctx, **kw)
-    _serve_mount(settings, mountpoint, foreground, ctx.obj.get("verbose", 0) >= 3,
-                 nonempty=nonempty)
+    settings, flags = _settings(ctx, options, **kw)
+    _serve_mount(settings, mountpoint, foreground or flags.get("foreground", False),
+                 ctx.obj.get("verbose", 0) >= 3, nonempty=nonempty or flags.get("nonempty", False))
 
 
 @main.command()
@@ -124,7 +153,7 @@ def umount(mountpoint, lazy):
               help="Number of small files in the large-directory entry.")
 @cache_options
 @click.pass_context
-def demo(ctx, mountpoint, root, many_files, foreground, nonempty, **kw):
+def demo(ctx, mountpoint, root, many_files, foreground, nonempty, options, **kw):
     """Generate the built-in sample archive, serve it on loopback and mount it.
 
     Works without internet. The sample has real MRC/MRCS, STAR, TIFF and
@@ -138,8 +167,10 @@ def demo(ctx, mountpoint, root, many_files, foreground, nonempty, **kw):
     """
     from empiarfs.archive_server.sample import make_sample
 
-    settings = _settings(ctx, **kw)
-    if not kw.get("cache_dir"):
+    settings, flags = _settings(ctx, options, **kw)
+    foreground = foreground or flags.get("foreground", False)
+    nonempty = nonempty or flags.get("nonempty", False)
+    if "cache_dir" not in flags["given"]:
         settings = settings.replace(cache_dir=os.path.join(settings.cache_dir, "demo"))
     # Checked before the sample is made, which takes a while.
     from empiarfs.fuse.mount import check_mountpoint
@@ -167,7 +198,7 @@ def demo(ctx, mountpoint, root, many_files, foreground, nonempty, **kw):
 
 
 @main.command()
-@click.argument("mountpoint", type=click.Path(exists=True, file_okay=False))
+@click.argument("mountpoint", type=click.Path())
 @click.option("--json", "as_json", is_flag=True, help="Print the raw JSON.")
 def stats(mountpoint, as_json):
     """Show a live mount's counters: requests, bytes fetched, cache use.
@@ -193,12 +224,12 @@ def stats(mountpoint, as_json):
     click.echo(f"uptime:        {data.get('uptime')} s")
     click.echo(f"requests:      {net.get('requests', 0)} (retries {net.get('retries', 0)}, "
                f"hedges {net.get('hedges', 0)}, errors {net.get('errors', 0)})")
-    click.echo(f"bytes fetched: {reader.get('bytes_fetched', 0)}")
+    click.echo(f"bytes fetched: {human(reader.get('bytes_fetched', 0))}")
     click.echo(f"hits:          memory {reader.get('hits_memory', 0)}, disk {reader.get('hits_disk', 0)}, "
                f"misses {reader.get('misses', 0)}")
-    click.echo(f"memory cache:  {mem.get('bytes_used', 0)} / {mem.get('max_bytes', 0)} bytes")
+    click.echo(f"memory cache:  {_usage(mem)}")
     if disk:
-        click.echo(f"disk cache:    {disk.get('bytes_used', 0)} / {disk.get('max_bytes', 0)} bytes")
+        click.echo(f"disk cache:    {_usage(disk)}")
     errors = data.get("last_errors") or []
     click.echo(f"last errors:   {'none' if not errors else ''}".rstrip())
     for error in errors:
@@ -206,3 +237,10 @@ def stats(mountpoint, as_json):
         count = error.get("count", 1)
         click.echo(f"  {when}  {error.get('op')} {error.get('path')}: {error.get('reason')}"
                    f" ({error.get('error')}{f', {count} times' if count > 1 else ''})")
+
+
+def _usage(cache: dict) -> str:
+    """``12.0 MiB of 1.0 GiB (1.2%)``."""
+    used, bound = cache.get("bytes_used", 0), cache.get("max_bytes", 0)
+    pct = f" ({100 * used / bound:.1f}%)" if bound else ""
+    return f"{human(used)} of {human(bound)}{pct}"

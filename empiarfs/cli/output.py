@@ -90,7 +90,13 @@ class Counter:
 
 class DownloadProgress(Listener):
     """Download progress: live overall + per-file lines on a terminal
-    (bytes, rate, ETA), one plain line per finished file otherwise."""
+    (bytes, rate, ETA), one plain line per finished file otherwise.
+
+    Bytes count as they arrive. The total starts as the sum of the
+    listing's size hints and each file's exact size replaces its hint when
+    the file starts; ``+`` marks a total that still lacks files of unknown
+    size.
+    """
 
     MAX_FILE_LINES = 8
 
@@ -99,9 +105,10 @@ class DownloadProgress(Listener):
         self.tty = is_tty(self.stream) if tty is None else tty
         self.refresh = refresh
         self._lock = threading.Lock()
-        self._files: dict = {}          # label -> [size, done, started]
+        self._files: dict = {}          # label -> [size, done, started, present at start]
         self._count = 0
         self._finished = 0
+        self._unknown = 0               # files without a size hint, not yet started
         self._total = 0
         self._done = 0
         self._fetched = 0
@@ -111,9 +118,10 @@ class DownloadProgress(Listener):
         self._thread = None
 
     # -- Listener -----------------------------------------------------------
-    def planned(self, count, total_bytes):
+    def planned(self, count, total_bytes, unknown=0):
         with self._lock:
             self._count, self._started = count, time.monotonic()
+            self._total, self._unknown = total_bytes, unknown
         if self.tty and self._thread is None:
             self._thread = threading.Thread(target=self._loop, name="progress", daemon=True)
             self._thread.start()
@@ -121,7 +129,11 @@ class DownloadProgress(Listener):
     def started(self, target, size, present):
         with self._lock:
             self._files[target.label] = [size, present, time.monotonic(), present]
-            self._total += size
+            hint = getattr(target, "size_hint", -1)
+            if hint is None or hint < 0:
+                self._unknown = max(0, self._unknown - 1)
+                hint = 0
+            self._total += size - hint
             self._done += present
 
     def advanced(self, target, nbytes):
@@ -134,15 +146,23 @@ class DownloadProgress(Listener):
 
     def finished(self, result):
         with self._lock:
-            self._files.pop(result.target.label, None)
+            if self._files.pop(result.target.label, None) is None and result.status == "failed":
+                # Failed before it started: its hint no longer counts.
+                hint = getattr(result.target, "size_hint", -1)
+                if hint is None or hint < 0:
+                    self._unknown = max(0, self._unknown - 1)
+                else:
+                    self._total -= hint
             self._finished += 1
             if result.status == "failed":
                 line = click.style(f"FAILED  {result.target.label}: {result.error}",
                                    fg="red") if self.tty else \
                     f"FAILED  {result.target.label}: {result.error}"
             else:
+                via = f"  via {result.via.upper()}" if getattr(result, "via", "") == "ftp" else ""
                 line = (f"{result.status:<10} {result.target.label}  {human(result.size)}"
-                        + (f"  {rate(result.fetched, result.seconds)}" if result.fetched else ""))
+                        + (f"  {rate(result.fetched, result.seconds)}" if result.fetched else "")
+                        + via)
             if self.tty:
                 self._clear()
             self.stream.write(line + "\n")
@@ -160,13 +180,13 @@ class DownloadProgress(Listener):
             self.stream.write("\x1b[1A\x1b[2K" * self._drawn + "\r")
             self._drawn = 0
 
-    def _draw(self):
+    def lines(self) -> list[str]:
+        """The lines drawn on a terminal now (call with the lock held)."""
         elapsed = time.monotonic() - self._started
         speed = self._fetched / elapsed if elapsed > 0 else 0
         remaining = max(self._total - self._done, 0)
         eta = remaining / speed if speed > 0 else None
-        # Sizes are known once a file starts (HEAD), so the total may still grow.
-        more = "+" if self._finished + len(self._files) < self._count else ""
+        more = "+" if self._unknown else ""
         lines = [f"[{self._finished}/{self._count} files] {human(self._done)} of "
                  f"{human(self._total)}{more}  {rate(self._fetched, elapsed)}  "
                  f"ETA {duration(eta) if not more else '--:--'}"]
@@ -178,6 +198,10 @@ class DownloadProgress(Listener):
             pct = 100 * done / size if size else 100
             lines.append(f"  {pct:5.1f}%  {human(done):>10} / {human(size):<10} "
                          f"{rate(done - first, spent):>12}  ETA {duration(file_eta)}  {label}")
+        return lines
+
+    def _draw(self):
+        lines = self.lines()
         width = 200
         for line in lines:
             self.stream.write(line[:width] + "\n")

@@ -63,8 +63,114 @@ def check_mountpoint(mountpoint: str, nonempty: bool = False) -> str:
             count = f"{len(entries)} entr{'y' if len(entries) == 1 else 'ies'}"
             raise MountError(f"mount point {mountpoint} is not empty ({count} "
                              "would be hidden while mounted); use an empty directory, or "
-                             "--nonempty to mount over them")
+                             "--nonempty (-o nonempty) to mount over them")
     return path
+
+
+# Options of mount(8) and libfuse that mean nothing to a read-only
+# network filesystem, or that empiarfs sets itself; mount.fuse3 adds
+# ``dev,suid`` to every mount, and fstab lines carry the others.
+IGNORED_MOUNT_OPTIONS = frozenset({
+    "ro", "rw", "dev", "nodev", "suid", "nosuid", "exec", "noexec", "auto", "noauto",
+    "user", "nouser", "users", "owner", "group", "_netdev", "nofail", "defaults", "async",
+    "sync", "atime", "noatime", "relatime", "norelatime", "strictatime", "diratime",
+    "nodiratime", "lazytime", "nolazytime", "default_permissions", "fsname", "subtype",
+    "comment", "helper", "loud", "silent",
+})
+# Mount options that are not settings: the mount command's own switches.
+MOUNT_FLAGS = ("nonempty", "foreground")
+
+
+def parse_mount_options(texts, setting_names) -> tuple[dict, dict]:
+    """``-o`` option strings -> ``(settings, flags)``.
+
+    Every setting is an option under its config-key name (``cache_size=200G``,
+    ``api_url=http://...``; ``-`` and ``_`` alike); a setting without a value
+    (``allow_other``, ``offline``) is switched on. ``nonempty`` and
+    ``foreground`` go to ``flags``; the generic options of mount(8) and
+    fstab (``ro``, ``nodev``, ``noauto``, ``x-systemd.*``...) are accepted
+    and ignored. A value may be quoted (``"a,b"``) to hold a comma.
+
+    Raises
+    ------
+    InvalidInput
+        On an option that is none of these.
+    """
+    names = set(setting_names)
+    settings: dict = {}
+    flags: dict = {}
+    for text in texts or ():
+        for item in _split_options(text):
+            key, has_value, value = item.partition("=")
+            key = key.strip()
+            name = key.replace("-", "_")
+            if not key or key in IGNORED_MOUNT_OPTIONS or key.startswith("x-"):
+                continue
+            if name in MOUNT_FLAGS and not has_value:
+                flags[name] = True
+            elif name in names:
+                settings[name] = value if has_value else "true"
+            else:
+                known = ", ".join(sorted(names | set(MOUNT_FLAGS)))
+                raise InvalidInput(f"unknown mount option {key!r}: the options are the "
+                                   f"settings ({known}) and mount(8)'s generic ones")
+    return settings, flags
+
+
+def _split_options(text: str) -> list[str]:
+    """``a=1,b="x,y",c`` -> ``['a=1', 'b=x,y', 'c']``."""
+    items, current, quoted = [], [], False
+    for char in text:
+        if char == '"':
+            quoted = not quoted
+        elif char == "," and not quoted:
+            items.append("".join(current))
+            current = []
+        else:
+            current.append(char)
+    if quoted:
+        raise InvalidInput(f"unbalanced quote in mount options {text!r}")
+    items.append("".join(current))
+    return [i for i in (item.strip() for item in items) if i]
+
+
+def check_user_mount(mountpoint: str, allow_other: bool, *, uid: int | None = None,
+                     fuse_conf: str = "/etc/fuse.conf", device: str = "/dev/fuse") -> None:
+    """What an ordinary user's mount needs, checked before it is tried
+    (fusermount3 would fail with a line in the daemon's log instead).
+    Nothing is checked for root.
+
+    Raises
+    ------
+    MountError
+        If ``/dev/fuse`` cannot be opened, the user cannot write to the
+        mount point, or ``allow_other`` is asked without
+        ``user_allow_other`` in ``fuse_conf``; the message says what an
+        administrator must grant.
+    """
+    uid = os.geteuid() if uid is None else uid
+    if uid == 0:
+        return
+    if not os.access(device, os.R_OK | os.W_OK):
+        raise MountError(f"{device} cannot be opened by this user: an administrator must "
+                         f"make it usable (chmod 0666 {device}, the default of Debian and "
+                         "Fedora, or a udev rule)")
+    if not shutil.which("fusermount3"):
+        raise MountError("fusermount3 is missing: an administrator must install fuse3 "
+                         "(it mounts for ordinary users)")
+    if not os.access(mountpoint, os.W_OK):
+        raise MountError(f"you cannot write to {mountpoint}; mount on a directory you own")
+    if allow_other and not _user_allow_other(fuse_conf):
+        raise MountError(f"allow_other needs 'user_allow_other' in {fuse_conf} for ordinary "
+                         "users: an administrator must add that line (or mount without it)")
+
+
+def _user_allow_other(path: str) -> bool:
+    try:
+        with open(path, encoding="utf-8", errors="replace") as handle:
+            return any(line.strip() == "user_allow_other" for line in handle)
+    except OSError:
+        return False
 
 
 def choose_libfuse(environ=None, find=ctypes.util.find_library) -> str:

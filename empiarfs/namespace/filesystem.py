@@ -228,6 +228,8 @@ class EmpiarFS:
 
     def xattr(self, node: Node, name: str) -> bytes | None:
         """One extended attribute, computing only what it needs."""
+        if node.kind == "link":
+            return None   # see xattr_names
         if name == "user.empiarfs.cache":
             return self._cache_state(node).encode() if node.kind == "file" else None
         if name.startswith("user.empiar.") and name != "user.empiar.accession":
@@ -235,7 +237,15 @@ class EmpiarFS:
         return self._basic_xattrs(node).get(name)
 
     def xattr_names(self, node: Node) -> list[str]:
-        """The names of a node's extended attributes, without their values."""
+        """The names of a node's extended attributes, without their values.
+
+        Links (the image-set symlinks) have none: Linux answers ``user.*``
+        reads on a symlink with "No such attribute" itself, so any name
+        listed would be one that cannot be read (``getfattr -h -d``). The
+        link's target has them.
+        """
+        if node.kind == "link":
+            return []
         names = list(self._basic_xattrs(node))
         if node.kind == "file":
             names.append("user.empiarfs.cache")
@@ -249,8 +259,6 @@ class EmpiarFS:
             attrs["user.empiarfs.url"] = node.info.url
             attrs["user.empiarfs.ftp_url"] = self.archive.file_url(
                 node.accession, node.info.path, scheme="ftp")
-        if node.kind == "link":
-            attrs["user.empiarfs.target"] = node.target
         return {k: v.encode() for k, v in attrs.items()}
 
     def _imageset_xattrs(self, node: Node) -> dict[str, bytes]:

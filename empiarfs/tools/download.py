@@ -15,11 +15,21 @@ Guarantees, per file:
   server's; nothing truncated ever sits under the final name;
 * a file already present with the server's size is skipped;
 * pieces already in the shared disk cache are copied from it instead of
-  fetched (see :class:`CacheSource`).
+  fetched (see :class:`CacheSource`);
+* bytes are written as they arrive and recorded at least every quarter
+  second, so progress moves with the bytes and an interruption (Ctrl-C)
+  stops within about a second, losing at most the last quarter second;
+* the finished file carries the archive's modification time.
+
+Over HTTPS (the default) a file's missing pieces are range requests, up
+to ``split`` at once. Over FTP (``via="ftp"``) a file is one ``RETR`` per
+missing run, resumed with ``REST``, its size and time checked by ``SIZE``
+and ``MDTM`` before and after; ``via="auto"`` tries FTP first and falls
+back to HTTPS when FTP is blocked or breaks off (EMPIARreader's order).
 
 Concurrency: ``jobs`` files at once; a file with several missing pieces
-is fetched by up to ``split`` threads. Lock order: ``_PartState.lock``
-is a leaf (never held while calling out).
+is fetched by up to ``split`` threads. Lock order: ``_Part.lock`` is a
+leaf (held only around one write and its bookkeeping).
 
 Local write errors (disk full, permission denied, read-only filesystem)
 are fatal for the whole run (:class:`OutputError`): every other file would
@@ -36,6 +46,7 @@ import threading
 import time
 import urllib.parse
 from concurrent.futures import ThreadPoolExecutor, as_completed
+from concurrent.futures import wait as wait_futures
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Protocol
@@ -45,6 +56,7 @@ from empiarfs.errors import (
     BadResponse,
     EmpiarfsError,
     InvalidInput,
+    NotFound,
     RemoteError,
     StaleFile,
 )
@@ -61,6 +73,9 @@ _SIDECAR_VERSION = 1
 # written but not yet recorded are simply fetched again after a crash.
 _PERSIST_EVERY = 0.25
 _LOCAL_FATAL = {errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EPERM, errno.EROFS}
+#: How ``get`` may download: ``https`` (range requests), ``ftp`` (RETR with
+#: REST) or ``auto`` (FTP first, HTTPS when FTP is blocked).
+VIA = ("https", "ftp", "auto")
 
 
 class OutputError(EmpiarfsError, OSError):
@@ -97,6 +112,7 @@ class Target:
     relpath: str          # "data/a b.mrc", relative to the entry root
     url: str              # HTTP(S) URL: range reads and the disk-cache key
     size_hint: int = -1   # from the listing (may be rounded); -1 unknown
+    ftp_url: str = ""     # the same file over FTP ("" if unknown)
 
     @property
     def label(self) -> str:
@@ -165,12 +181,11 @@ class CacheSource(Protocol):
 
 
 class DiskCacheSource:
-    """:class:`CacheSource` over the shared :class:`empiarfs.cache.disk.DiskStore`.
-
-    The mount keys blocks by the catalog's fingerprint, which may lack the
-    ETag (FTP listings) and never carries Last-Modified, so several keys
-    are tried. Only :meth:`DiskStore.has` is used to probe: ``get`` with a
-    different fingerprint would make the store drop the other version.
+    """:class:`CacheSource` over the shared :class:`empiarfs.cache.disk.DiskStore`:
+    the blocks the mount (or any process) stored for the same file version
+    (:class:`empiarfs.cache.keys.FileVersion`; the store decides what "same
+    version" means, by :meth:`Fingerprint.change_from`). ``has`` is asked
+    first so that a probe never drops blocks of another version.
     """
 
     def __init__(self, store):
@@ -181,22 +196,15 @@ class DiskCacheSource:
             return b""
         size = self.store.block_size
         first, last = start // size, (end - 1) // size
-        candidates = []
-        for cand in (Fingerprint(fingerprint.size, fingerprint.etag, None),
-                     Fingerprint(fingerprint.size, None, None), fingerprint):
-            if cand not in candidates:
-                candidates.append(cand)
-        for cand in candidates:
-            if not all(self.store.has(url, cand, i) for i in range(first, last + 1)):
-                continue
-            blocks = [self.store.get(url, cand, i) for i in range(first, last + 1)]
-            if any(b is None for b in blocks):
-                return None
-            blob = b"".join(blocks)
-            offset = start - first * size
-            data = blob[offset:offset + (end - start)]
-            return data if len(data) == end - start else None
-        return None
+        if not all(self.store.has(url, fingerprint, i) for i in range(first, last + 1)):
+            return None
+        blocks = [self.store.get(url, fingerprint, i) for i in range(first, last + 1)]
+        if any(b is None for b in blocks):
+            return None
+        blob = b"".join(blocks)
+        offset = start - first * size
+        data = blob[offset:offset + (end - start)]
+        return data if len(data) == end - start else None
 
 
 # -- progress events ------------------------------------------------------
@@ -205,14 +213,16 @@ class DiskCacheSource:
 class Listener:
     """Receives progress events, from worker threads. No-op by default."""
 
-    def planned(self, count: int, total_bytes: int) -> None:
-        """Called once, before the first file starts (total may be a hint)."""
+    def planned(self, count: int, total_bytes: int, unknown: int = 0) -> None:
+        """Called once, before the first file starts: ``total_bytes`` adds
+        up the listing's size hints, ``unknown`` files have none."""
 
     def started(self, target: Target, size: int, present: int) -> None:
         """A file begins; ``present`` bytes are already on disk (resume)."""
 
     def advanced(self, target: Target, nbytes: int) -> None:
-        """``nbytes`` more bytes of ``target`` are on disk."""
+        """``nbytes`` more bytes of ``target`` are on disk (called as they
+        arrive, every few tens of KiB)."""
 
     def finished(self, result: "FileResult") -> None:
         """A file is done (any status)."""
@@ -229,6 +239,7 @@ class FileResult:
     restarted: bool = False     # the server file changed; started over
     error: str | None = None
     seconds: float = 0.0
+    via: str = ""               # "https" or "ftp": how the bytes came
 
 
 @dataclass
@@ -267,6 +278,8 @@ class Summary:
             "bytes_from_cache": self.from_cache,
             "seconds": round(self.seconds, 3),
             "rate": round(self.fetched / self.seconds) if self.seconds > 0 else 0,
+            "via": {via: sum(1 for r in self.results if r.via == via and r.fetched)
+                    for via in ("https", "ftp")},
             "failures": [{"file": r.target.label, "error": r.error} for r in self.failures],
         }
 
@@ -330,16 +343,93 @@ def _present_bytes(data: dict | None) -> int:
 
 
 class _Aborted(Exception):
-    """Internal: another file hit a fatal error; stop quietly."""
+    """Internal: the run is stopping (a fatal error elsewhere, or Ctrl-C)."""
+
+
+class _FtpFailed(Exception):
+    """Internal: FTP failed for one file under ``via="auto"``; the file
+    goes on over HTTPS (its .part is kept)."""
+
+    def __init__(self, cause: RemoteError):
+        super().__init__(str(cause))
+        self.cause = cause
 
 
 @dataclass
-class _PartState:
-    done: list
-    lock: threading.Lock = field(default_factory=threading.Lock)
-    last_persist: float = 0.0
-    fetched: int = 0
-    from_cache: int = 0
+class _Remote:
+    """One file as a source sees it: its version and modification time."""
+
+    via: str                    # "https" or "ftp"
+    fingerprint: Fingerprint
+    mtime: float | None
+
+
+class _Part:
+    """The ``.part`` file being written and what of it is on disk.
+
+    Writes come from the threads reading replies, possibly two for the
+    same bytes (a hedged request); ``lock`` (a leaf) keeps each write and
+    its bookkeeping whole, and ``closed`` turns away a write that arrives
+    after the file was closed, so a late hedge cannot write into a reused
+    descriptor.
+    """
+
+    def __init__(self, fd: int, done: list, path: Path, target: Target,
+                 fingerprint: Fingerprint):
+        self.fd = fd
+        self.done = done
+        self.part_path, self.side_path = _part(path), _sidecar(path)
+        self.target = target
+        self.fingerprint = fingerprint
+        self.lock = threading.Lock()
+        self.closed = False
+        self.fetched = 0
+        self.from_cache = 0
+        self.last_persist = time.monotonic()
+
+    def add(self, offset: int, data, from_cache: bool = False) -> int:
+        """Write ``data`` at ``offset``; the number of bytes new to the file."""
+        end = offset + len(data)
+        with self.lock:
+            if self.closed:
+                raise _Aborted()
+            try:
+                os.pwrite(self.fd, data, offset)
+            except OSError as exc:
+                raise _output_error(exc, self.part_path) from exc
+            before = ranges.total(self.done)
+            self.done = ranges.merge(self.done + [(offset, end)])
+            new = ranges.total(self.done) - before
+            if from_cache:
+                self.from_cache += new
+            else:
+                self.fetched += new
+        return new
+
+    def covers(self, start: int, end: int) -> bool:
+        with self.lock:
+            return not ranges.gaps(end, [(0, start)] + self.done)
+
+    def persist(self, force: bool = False) -> None:
+        """Record what is on disk: data first (fdatasync), then the sidecar
+        that claims it. Unless ``force``, at most every ``_PERSIST_EVERY``."""
+        with self.lock:
+            if self.closed:
+                return
+            if not force and time.monotonic() - self.last_persist < _PERSIST_EVERY:
+                return
+            self.last_persist = time.monotonic()
+            try:
+                os.fdatasync(self.fd)
+                _write_sidecar(self.side_path, self.target.url, self.fingerprint, self.done)
+            except OSError as exc:
+                raise _output_error(exc, self.side_path) from exc
+
+    def close(self) -> None:
+        with self.lock:
+            if not self.closed:
+                self.closed = True
+                os.close(self.fd)
 
 
 class Downloader:
@@ -354,20 +444,35 @@ class Downloader:
     jobs
         Files downloaded at once.
     split
-        Parallel range requests per file (files with several missing pieces).
+        Parallel range requests per file (files with several missing
+        pieces; HTTPS only).
     piece_size
-        Bytes per range request and granularity of resume.
+        Bytes per range request.
     cache
         Optional :class:`CacheSource` consulted before the network.
     listener
         Optional :class:`Listener` for progress.
+    via
+        ``"https"``, ``"ftp"`` or ``"auto"`` (:data:`VIA`).
+    ftp
+        An :class:`empiarfs.remote.ftp.FtpReader`; needed unless ``via``
+        is ``"https"``.
+    grace
+        Seconds an interrupted run waits for transfers to record their
+        progress before it gives up on them.
     """
 
     def __init__(self, transport, outdir, *, jobs: int = 4, split: int = 4,
                  piece_size: int = 8 * 1024 * 1024, cache: CacheSource | None = None,
-                 listener: Listener | None = None):
+                 listener: Listener | None = None, via: str = "https", ftp=None,
+                 grace: float = 1.0):
         if jobs < 1 or split < 1 or piece_size < 1:
             raise InvalidInput("--jobs, --split and the piece size must be at least 1")
+        if via not in VIA:
+            raise InvalidInput(f"--via must be one of {', '.join(VIA)}, not {via!r}")
+        if via != "https" and ftp is None:
+            raise InvalidInput(f"--via {via} needs an FTP server: set --ftp-url "
+                               "(or EMPIARFS_FTP_URL)")
         self.transport = transport
         self.outdir = Path(outdir)
         self.jobs = jobs
@@ -375,6 +480,9 @@ class Downloader:
         self.piece_size = piece_size
         self.cache = cache
         self.listener = listener or Listener()
+        self.via = via
+        self.ftp = ftp
+        self.grace = grace
         self._abort = threading.Event()
 
     # -- public -------------------------------------------------------------
@@ -396,11 +504,18 @@ class Downloader:
             raise _output_error(exc, self.outdir) from exc
 
     def plan(self, targets: list[Target]) -> list[PlanItem]:
-        """What :meth:`run` would do, without writing (one HEAD per file)."""
+        """What :meth:`run` would do, without writing (one HEAD, or FTP
+        ``SIZE``, per file)."""
         def one(target: Target) -> PlanItem:
             path = destination(self.outdir, target)
             try:
-                fp = self._fingerprint(target)
+                fp = self._remote(target, self._first_via(target)).fingerprint
+            except _FtpFailed:
+                try:
+                    fp = self._remote(target, "https").fingerprint
+                except RemoteError as exc:
+                    return PlanItem(target, path, max(target.size_hint, 0), "error",
+                                    error=str(exc))
             except RemoteError as exc:
                 return PlanItem(target, path, max(target.size_hint, 0), "error", error=str(exc))
             if _complete(path, fp.size):
@@ -421,34 +536,43 @@ class Downloader:
         OutputError
             On a local write error (disk full, permissions); files finished
             before it are complete, others keep their resumable ``.part``.
+        KeyboardInterrupt
+            Re-raised once every transfer has recorded its progress (or
+            after ``grace`` seconds): the ``.part`` files resume.
         """
         self.check_outdir()
         started = time.monotonic()
         summary = Summary()
-        self.listener.planned(len(targets), sum(max(t.size_hint, 0) for t in targets))
+        self.listener.planned(len(targets), sum(max(t.size_hint, 0) for t in targets),
+                              sum(1 for t in targets if t.size_hint < 0))
         fatal: OutputError | None = None
-        with ThreadPoolExecutor(max_workers=self.jobs, thread_name_prefix="get") as pool:
-            futures = [pool.submit(self._one, t) for t in targets]
-            try:
-                for future in as_completed(futures):
-                    try:
-                        result = future.result()
-                    except OutputError as exc:
-                        fatal = fatal or exc
-                        self._abort.set()
-                        continue
-                    except _Aborted:
-                        continue
-                    summary.results.append(result)
-            except KeyboardInterrupt:
-                self._abort.set()
+        pool = ThreadPoolExecutor(max_workers=self.jobs, thread_name_prefix="get")
+        futures = [pool.submit(self._one, t) for t in targets]
+        interrupted = False
+        try:
+            for future in as_completed(futures):
+                try:
+                    result = future.result()
+                except OutputError as exc:
+                    fatal = fatal or exc
+                    self._abort.set()
+                    continue
+                except _Aborted:
+                    continue
+                summary.results.append(result)
+        except KeyboardInterrupt:
+            # Transfers see the flag at their next chunk and record what
+            # they wrote; one that hears nothing from its server is left
+            # behind (what it wrote so far is recorded already).
+            interrupted = True
+            self._abort.set()
+            wait_futures(futures, timeout=self.grace)
+            raise
+        finally:
+            if self._abort.is_set():
                 for future in futures:
                     future.cancel()
-                raise
-            finally:
-                if self._abort.is_set():
-                    for future in futures:
-                        future.cancel()
+            pool.shutdown(wait=not interrupted, cancel_futures=True)
         summary.seconds = time.monotonic() - started
         summary.results.sort(key=lambda r: r.target.label)
         if fatal is not None:
@@ -457,9 +581,37 @@ class Downloader:
 
     # -- one file -------------------------------------------------------------
 
-    def _fingerprint(self, target: Target) -> Fingerprint:
-        stat = self.transport.head(target.url)
-        return Fingerprint(int(stat.size), stat.etag, stat.last_modified)
+    def _first_via(self, target: Target) -> str:
+        if self.via == "https" or (self.via == "auto" and not target.ftp_url):
+            return "https"
+        if not target.ftp_url:
+            raise InvalidInput(f"{target.label}: no FTP URL to download it from")
+        return "ftp"
+
+    def _remote(self, target: Target, via: str) -> _Remote:
+        """The file's version and time, by HEAD or by FTP ``SIZE``/``MDTM``.
+
+        Raises
+        ------
+        _FtpFailed
+            Under ``via="auto"``, if FTP cannot answer.
+        """
+        if via == "https":
+            stat = self.transport.head(target.url)
+            if stat.size is None:
+                raise BadResponse(f"{target.url} gives no size", url=target.url)
+            return _Remote("https", Fingerprint(int(stat.size), stat.etag, stat.last_modified),
+                           stat.mtime)
+        try:
+            size, mtime = self.ftp.stat(target.ftp_url)
+        except RemoteError as exc:
+            if self.via == "auto" and not isinstance(exc, NotFound):
+                raise _FtpFailed(exc) from exc
+            raise
+        # An epoch number: the version rule compares it with nothing but
+        # sizes (FTP clocks round differently from HTTP's).
+        stamp = str(int(mtime)) if mtime is not None else None
+        return _Remote("ftp", Fingerprint(size, None, stamp), mtime)
 
     def _one(self, target: Target) -> FileResult:
         if self._abort.is_set():
@@ -467,18 +619,28 @@ class Downloader:
         path = destination(self.outdir, target)
         began = time.monotonic()
         restarted = False
-        for attempt in range(2):
+        attempt = 0
+        try:
+            via = self._first_via(target)
+        except InvalidInput as exc:
+            via, attempt, error = None, 2, str(exc)
+        while attempt < 2:
             try:
-                result = self._attempt(target, path, fresh=attempt > 0)
+                result = self._attempt(target, path, fresh=attempt > 0, via=via)
                 result.restarted = result.restarted or restarted
                 result.seconds = time.monotonic() - began
                 self.listener.finished(result)
                 return result
+            except _FtpFailed as exc:
+                log.info("%s: FTP failed (%s); going on over HTTPS", target.label, exc)
+                via = "https"
+                continue
             except StaleFile as exc:
                 if attempt == 0:
                     log.info("%s changed on the server during download; starting over: %s",
                              target.label, exc)
                     restarted = True
+                    attempt += 1
                     continue
                 error = f"the file keeps changing on the server: {exc}"
             except (OutputError, _Aborted):
@@ -495,15 +657,16 @@ class Downloader:
         self.listener.finished(result)
         return result
 
-    def _attempt(self, target: Target, path: Path, fresh: bool) -> FileResult:
-        fp = self._fingerprint(target)
-        part, side_path = _part(path), _sidecar(path)
+    def _attempt(self, target: Target, path: Path, fresh: bool, via: str) -> FileResult:
+        remote = self._remote(target, via)
+        fp = remote.fingerprint
+        part_path, side_path = _part(path), _sidecar(path)
         if _complete(path, fp.size):
-            _discard(part, side_path)
+            _discard(part_path, side_path)
             self.listener.started(target, fp.size, fp.size)
             return FileResult(target, path, "skipped", fp.size)
         side = None if fresh else read_sidecar(side_path)
-        resumable = _sidecar_matches(side, fp) and part.exists()
+        resumable = _sidecar_matches(side, fp) and part_path.exists()
         restarted = bool(side) and not resumable
         if restarted:
             log.info("%s changed on the server since the .part was started; starting over",
@@ -511,12 +674,13 @@ class Downloader:
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
             if not resumable:
-                _discard(part, side_path)
-            fd = os.open(part, os.O_RDWR | os.O_CREAT, 0o644)
+                _discard(part_path, side_path)
+            fd = os.open(part_path, os.O_RDWR | os.O_CREAT, 0o644)
         except OSError as exc:
-            raise _output_error(exc, part) from exc
+            raise _output_error(exc, part_path) from exc
         created_now = not resumable
-        state = _PartState(done=ranges.merge(side.get("done") or []) if resumable else [])
+        part = _Part(fd, ranges.merge(side.get("done") or []) if resumable else [], path,
+                     target, fp)
         try:
             try:
                 if os.fstat(fd).st_size != fp.size:
@@ -525,105 +689,137 @@ class Downloader:
                 if not resumable:
                     _write_sidecar(side_path, target.url, fp, [])
             except OSError as exc:
-                raise _output_error(exc, part) from exc
-            present = sum(e - s for s, e in state.done)
+                raise _output_error(exc, part_path) from exc
+            present = ranges.total(part.done)
             self.listener.started(target, fp.size, present)
-            pieces = ranges.gaps(fp.size, state.done, self.piece_size)
-            self._fetch_pieces(target, fp, fd, pieces, state, side_path)
+            self._fill(target, remote, part)
             try:
                 os.fsync(fd)
                 if os.fstat(fd).st_size != fp.size:
                     raise BadResponse(f"{target.label}: wrote {os.fstat(fd).st_size} bytes, "
                                       f"the server has {fp.size}")
+                if remote.mtime is not None:
+                    # Before the rename: the final name never shows the
+                    # download time.
+                    os.utime(fd, (time.time(), remote.mtime))
             except OSError as exc:
-                raise _output_error(exc, part) from exc
+                raise _output_error(exc, part_path) from exc
         except OutputError:
-            os.close(fd)
-            if created_now and not state.done:
-                _discard(part, side_path)  # nothing worth keeping for a resume
+            part.close()
+            if created_now and not part.done:
+                _discard(part_path, side_path)  # nothing worth keeping for a resume
             raise
         except BaseException:
-            os.close(fd)
+            part.close()
             raise
-        os.close(fd)
+        part.close()
         try:
-            os.replace(part, path)
+            os.replace(part_path, path)
             _discard(side_path)
         except OSError as exc:
             raise _output_error(exc, path) from exc
         return FileResult(target, path, "resumed" if resumable and present else "downloaded",
-                          fp.size, fetched=state.fetched, from_cache=state.from_cache,
-                          restarted=restarted)
+                          fp.size, fetched=part.fetched, from_cache=part.from_cache,
+                          restarted=restarted, via=remote.via)
 
-    def _fetch_pieces(self, target, fp, fd, pieces, state: _PartState, side_path) -> None:
-        if not pieces:
-            return
+    def _fill(self, target: Target, remote: _Remote, part: _Part) -> None:
+        """Fetch every byte the ``.part`` lacks: the disk cache first, then
+        the network; the sidecar is brought up to date whatever happens."""
+        try:
+            if self.cache is not None:
+                self._from_cache(target, part)
+            missing = ranges.gaps(remote.fingerprint.size, part.done)
+            if remote.via == "ftp":
+                self._from_ftp(target, remote, part, missing)
+            else:
+                pieces = [p for start, end in missing
+                          for p in ranges.gaps(end, [(0, start)], self.piece_size)]
+                self._from_https(target, part, pieces)
+        finally:
+            try:
+                part.persist(force=True)
+            except OutputError:
+                log.warning("could not record progress of %s", target.label)
+
+    def _on_data(self, target: Target, part: _Part):
+        """The sink of a transfer: write, report, persist now and then, and
+        stop the transfer when the run is stopping."""
+        def on_data(offset, chunk):
+            if self._abort.is_set():
+                raise _Aborted()
+            new = part.add(offset, chunk)
+            if new:
+                self.listener.advanced(target, new)
+            part.persist()
+        return on_data
+
+    def _from_cache(self, target: Target, part: _Part) -> None:
+        for start, end in ranges.gaps(part.fingerprint.size, part.done, self.piece_size):
+            if self._abort.is_set():
+                raise _Aborted()
+            try:
+                data = self.cache.read(target.url, part.fingerprint, start, end)
+            except Exception as exc:  # a broken cache must not break downloads
+                log.warning("disk cache read failed for %s: %s", target.label, exc)
+                return
+            if data is not None and len(data) == end - start:
+                new = part.add(start, data, from_cache=True)
+                if new:
+                    self.listener.advanced(target, new)
+                part.persist()
+
+    def _from_https(self, target: Target, part: _Part, pieces: list) -> None:
+        on_data = self._on_data(target, part)
 
         def fetch(piece):
             if self._abort.is_set():
                 raise _Aborted()
             start, end = piece
-            data = None
-            if self.cache is not None:
-                try:
-                    data = self.cache.read(target.url, fp, start, end)
-                except Exception as exc:  # a broken cache must not break downloads
-                    log.warning("disk cache read failed for %s: %s", target.label, exc)
-                    data = None
-                from_cache = data is not None
-            if data is None:
-                from_cache = False
-                data = self.transport.fetch_range(target.url, start, end, expect=fp)
+            data = self.transport.fetch_range(target.url, start, end, expect=part.fingerprint,
+                                              on_data=on_data)
             if len(data) != end - start:
                 raise BadResponse(f"{target.label}: asked for bytes {start}-{end - 1}, "
                                   f"got {len(data)} bytes")
-            try:
-                os.pwrite(fd, data, start)
-            except OSError as exc:
-                raise _output_error(exc, side_path.with_suffix("")) from exc
-            with state.lock:
-                state.done = ranges.merge(state.done + [(start, end)])
-                if from_cache:
-                    state.from_cache += len(data)
-                else:
-                    state.fetched += len(data)
-                due = time.monotonic() - state.last_persist >= _PERSIST_EVERY
-                if due:
-                    state.last_persist = time.monotonic()
-                    snapshot = list(state.done)
-            self.listener.advanced(target, len(data))
-            if due:
-                self._persist(fd, side_path, target, fp, snapshot)
+            if not part.covers(start, end):  # a transport that streams nothing
+                on_data(start, data)
 
-        try:
-            if len(pieces) == 1 or self.split == 1:
-                for piece in pieces:
-                    fetch(piece)
-            else:
-                with ThreadPoolExecutor(max_workers=min(self.split, len(pieces)),
-                                        thread_name_prefix="piece") as pool:
-                    futures = [pool.submit(fetch, p) for p in pieces]
-                    try:
-                        for future in as_completed(futures):
-                            future.result()
-                    finally:
-                        for future in futures:
-                            future.cancel()
-        finally:
-            # Record what is really on disk, whatever happened.
-            with state.lock:
-                snapshot = list(state.done)
+        if not pieces:
+            return
+        if len(pieces) == 1 or self.split == 1:
+            for piece in pieces:
+                fetch(piece)
+            return
+        with ThreadPoolExecutor(max_workers=min(self.split, len(pieces)),
+                                thread_name_prefix="piece") as pool:
+            futures = [pool.submit(fetch, p) for p in pieces]
             try:
-                self._persist(fd, side_path, target, fp, snapshot)
-            except OutputError:
-                log.warning("could not record progress of %s", target.label)
+                for future in as_completed(futures):
+                    future.result()
+            finally:
+                for future in futures:
+                    future.cancel()
 
-    def _persist(self, fd, side_path, target, fp, done) -> None:
+    def _from_ftp(self, target: Target, remote: _Remote, part: _Part, missing: list) -> None:
+        on_data = self._on_data(target, part)
         try:
-            os.fdatasync(fd)  # data first, then the record that claims it
-            _write_sidecar(side_path, target.url, fp, done)
-        except OSError as exc:
-            raise _output_error(exc, side_path) from exc
+            for start, end in missing:
+                reached = self.ftp.retrieve(target.ftp_url, start, end, on_data)
+                if reached < end:
+                    raise StaleFile(f"{target.label} is shorter on the FTP server than "
+                                    f"its size ({reached} < {remote.fingerprint.size})",
+                                    url=target.ftp_url)
+            # FTP has no version check per transfer: the file must be the
+            # same after it as before it.
+            size, mtime = self.ftp.stat(target.ftp_url)
+        except StaleFile:
+            raise
+        except RemoteError as exc:
+            if self.via == "auto" and not isinstance(exc, NotFound):
+                raise _FtpFailed(exc) from exc
+            raise
+        if (size, mtime) != (remote.fingerprint.size, remote.mtime):
+            raise StaleFile(f"{target.label} changed on the FTP server during the download",
+                            url=target.ftp_url)
 
 
 def _part(path: Path) -> Path:
@@ -675,7 +871,8 @@ def targets_for(archive, accession: str, relpath: str = "", selector=None) -> li
     out = []
     for info in walk(archive, accession, relpath, selector):
         url = info.url or archive.file_url(accession, info.path, "https")
-        out.append(Target(accession, info.path, url, info.size))
+        out.append(Target(accession, info.path, url, info.size,
+                          ftp_url=archive.file_url(accession, info.path, "ftp")))
     return out
 
 
@@ -697,12 +894,13 @@ def targets_from_lines(lines: Iterable[str], archive, settings) -> list[Target]:
             continue
         seen.add(parsed)
         accession, relpath = parsed
-        out.append(Target(accession, relpath, archive.file_url(accession, relpath, "https")))
+        out.append(Target(accession, relpath, archive.file_url(accession, relpath, "https"),
+                          ftp_url=archive.file_url(accession, relpath, "ftp")))
     return out
 
 
 __all__ = [
     "Downloader", "DiskCacheSource", "Target", "FileResult", "Summary", "PlanItem", "Listener", "CacheSource",
     "OutputError", "destination", "parse_list_line", "targets_for", "targets_from_lines",
-    "read_sidecar",
+    "read_sidecar", "VIA",
 ]
