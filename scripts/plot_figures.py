@@ -18,6 +18,7 @@ Figures (PNG, in --out):
   efficiency.png   bytes fetched per byte read by random readers, against the goal
   stalls.png       1 MiB read latency on the EMPIAR-like link with 1 request in 30 stalled
   faults.png       faults injected during the soak, and the reads that went wrong (none)
+  numbers.json     the numbers drawn (tests/test_docs.py compares it with the pages)
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ import sys
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PROFILES = ("loopback", "wan")
 TITLES = {"loopback": "loopback", "wan": "EMPIAR-like WAN"}
-MiB = 1 << 20
+NUMBERS = "numbers.json"
 # Same look in every figure: empiarfs in one colour, every reference in grey.
 OURS, REFERENCE, GOAL = "#3f51b5", "#9e9e9e", "#c62828"
 
@@ -329,6 +330,11 @@ def main(argv=None) -> int:
             with open(args.reliability, encoding="utf-8") as fh:
                 soak = from_reliability_md(fh.read())
         os.makedirs(args.out, exist_ok=True)
+        # The numbers drawn, so a test can tell when the pages changed and the
+        # figures were not drawn again.
+        with open(os.path.join(args.out, NUMBERS), "w", encoding="utf-8") as fh:
+            json.dump({"performance": numbers, "soak": soak}, fh, indent=1, sort_keys=True)
+            fh.write("\n")
         plt = _plt()
         written = [plot_throughput(plt, numbers, args.out), plot_caches(plt, numbers, args.out),
                    plot_efficiency(plt, numbers, args.out), plot_stalls(plt, numbers, args.out),

@@ -88,13 +88,18 @@ def test_figures_are_drawn_from_the_measured_pages(tmp_path):
     result = subprocess.run([sys.executable, str(ROOT / "scripts" / "plot_figures.py"),
                              "--out", str(tmp_path)], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
-    drawn = {p.name for p in tmp_path.iterdir()}
+    drawn = {p.name for p in tmp_path.glob("*.png")}
     not_drawn = set(re.findall(r"(\S+\.png) not drawn", result.stderr))
     assert {"throughput.png", "caches.png", "efficiency.png"} <= drawn
     assert drawn | not_drawn == _pngs_named_on_the_figures_page()
     for name in drawn:
         assert (tmp_path / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
         assert (DOCS / "img" / name).exists(), f"run scripts/plot_figures.py and commit docs/img/{name}"
+    # The committed figures show the pages' current numbers.
+    now = json.loads((tmp_path / "numbers.json").read_text())
+    committed = json.loads((DOCS / "img" / "numbers.json").read_text())
+    assert now == committed, ("docs/performance.md or docs/reliability.md changed since the "
+                              "figures were drawn: run scripts/plot_figures.py and commit docs/img/")
 
 
 def test_figures_from_a_bench_record(tmp_path):
@@ -117,8 +122,10 @@ def test_figures_from_a_bench_record(tmp_path):
                              "--reliability", str(tmp_path / "none.md")],
                             capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
-    assert {p.name for p in out.iterdir()} == {"throughput.png", "caches.png", "efficiency.png",
-                                               "stalls.png"}
+    assert {p.name for p in out.glob("*.png")} == {"throughput.png", "caches.png",
+                                                   "efficiency.png", "stalls.png"}
+    drawn = json.loads((out / "numbers.json").read_text())["performance"]
+    assert drawn["wan"]["stall_p99"] == 1.8 and drawn["loopback"]["aria2c_mbps"] == 350.0
     assert "faults.png not drawn" in result.stderr
     path.write_text(json.dumps({"profiles": {}}))
     result = subprocess.run([sys.executable, str(ROOT / "scripts" / "plot_figures.py"),
