@@ -433,6 +433,10 @@ def test_router_maps_archive_urls_to_the_same_path_on_the_site_cache():
         "http://cache:3128/empiar/world_availability/10002/data/a%20b.mrcs"
     assert router.site_url_for("https://www.ebi.ac.uk/empiar/api/search?q=x") == \
         "http://cache:3128/empiar/api/search?q=x"
+    assert router.origin_url_for("http://cache:3128/empiar/world_availability/1/x.mrcs") == \
+        "https://ftp.ebi.ac.uk/empiar/world_availability/1/x.mrcs"
+    assert router.origin_url_for("http://cache:3128/other/x") is None
+    assert router.origin_url_for("https://ftp.ebi.ac.uk/empiar/world_availability/1/") is None
     for other in ("ftp://ftp.ebi.ac.uk/empiar/world_availability/10002/",
                   "https://www.ebi.ac.uk/empiar/api2/x", "https://elsewhere.org/empiar/api/x"):
         assert router.site_url_for(other) is None
@@ -558,6 +562,7 @@ def test_transport_names_the_version_and_a_changed_file_is_stale(origin, archive
         url = f"{origin.data_url}/10002/{SITE_DIR}/g.bin"
         with Transport(settings) as transport:
             stat = transport.head(url)
+            assert stat.url == url                      # the archive's URL, not the cache's
             data = transport.fetch_range(url, 0, 100, expect=stat.fingerprint)
             with open(os.path.join(archive_root.folder, "g.bin"), "rb") as handle:
                 assert data == handle.read(100)

@@ -105,6 +105,18 @@ class SiteRoute:
                 return f"{self.site_url}{parts.path or '/'}{query}"
         return None
 
+    def origin_url_for(self, url: str) -> Optional[str]:
+        """The archive's URL for a URL on the site cache (the origin whose
+        path the URL's path continues), or ``None``."""
+        if not url.startswith(self.site_url + "/"):
+            return None
+        rest = url[len(self.site_url):]
+        for origin in self._origins:
+            path = urlsplit(origin).path
+            if rest == path or rest.startswith(path + "/") or rest.startswith(path + "?"):
+                return origin[: len(origin) - len(path)] + rest
+        return None
+
     # -------------------------------------------------------------- routing
 
     def route(self, url: str) -> Route:

@@ -609,7 +609,8 @@ class Transport:
                 etag=etag,
                 last_modified=modified,
                 mtime=parse_http_date(modified),
-                url=final,
+                # The archive's URL, not the site cache's: callers keep it.
+                url=(self.site.origin_url_for(final) or final) if self.site is not None else final,
             )
 
         stat = self._request(

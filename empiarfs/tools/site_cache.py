@@ -48,6 +48,7 @@ import os
 import re
 import shutil
 import signal
+import socket
 import subprocess
 from dataclasses import dataclass
 from typing import Optional
@@ -114,10 +115,11 @@ class SiteCacheOptions:
 
     @property
     def url(self) -> str:
-        """The URL nodes use (``site_cache = ...``)."""
+        """The URL nodes use (``site_cache = ...``): on every address, this
+        host's name."""
         host = self.listen_host
         if host in ("*", "0.0.0.0", "::"):
-            host = "127.0.0.1" if host != "::" else "::1"
+            host = socket.gethostname()
         return f"http://{_bracket(host)}:{self.listen_port}"
 
     @property
