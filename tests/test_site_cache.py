@@ -664,6 +664,38 @@ def test_killing_the_site_cache_mid_read_fails_over_and_back(origin, archive_roo
 
 @requires_fuse
 @requires_nginx
+def test_a_stalled_site_cache_is_left_after_the_stall_timeout(origin, archive_root, tmp_path):
+    """nginx stopped (SIGSTOP): connections are accepted and never answered.
+    Reads go to the origin after the stall timeout, and come back after
+    SIGCONT."""
+    files = {name: (size, sha) for name, size, sha in archive_root.files}
+    with running_site(origin.url) as site:
+        settings = _node_settings(origin, tmp_path, "node", metadata_ttl=1.0)
+        with mounted(settings, tmp_path / "mnt", "--site-cache", site.url) as point:
+            folder = os.path.join(point, ENTRY, SITE_DIR)
+            size, sha = files["g.bin"]
+            assert read_file(os.path.join(folder, "g.bin"), size, "sequential", 0) == sha
+            os.killpg(site.proc.pid, signal.SIGSTOP)
+            try:
+                size, sha = files["d.mrcs"]
+                started = time.monotonic()
+                assert read_file(os.path.join(folder, "d.mrcs"), size, "random", 2) == sha
+                took = time.monotonic() - started
+                snap = _site_stats(point)
+                assert snap["failovers"] == 1 and "within" in snap["last_failure"], snap
+                assert settings.stall_timeout <= took < settings.deadline
+            finally:
+                os.killpg(site.proc.pid, signal.SIGCONT)
+            give_up = time.monotonic() + 15
+            while _site_stats(point)["state"] != "up":
+                assert time.monotonic() < give_up, f"traffic never returned: {_site_stats(point)}"
+                time.sleep(0.3)
+                os.listdir(folder)                # a listing request once metadata expires
+            assert _site_stats(point)["recoveries"] == 1
+
+
+@requires_fuse
+@requires_nginx
 def test_a_file_changed_at_the_origin_is_never_read_as_a_mix(origin, archive_root, tmp_path):
     """Readers see the whole old version, the whole new one, or an error;
     after the TTLs every reader gets the whole new version."""
