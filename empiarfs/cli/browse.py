@@ -2,14 +2,22 @@
 
 from __future__ import annotations
 
+import os
 import time
 
 import click
 
-from empiarfs.cli import archive_options, main, settings_from
+from empiarfs.cli import (
+    archive_options,
+    cache_dir_option,
+    main,
+    plural,
+    selector_from,
+    settings_from,
+)
 from empiarfs.cli.output import Counter, echo_json, human, table
-from empiarfs.errors import InvalidInput, NotFound
-from empiarfs.namespace.select import Selector, find, split_target, walk
+from empiarfs.errors import InvalidInput, NotFound, RemoteError
+from empiarfs.namespace.select import find, split_target, walk
 from empiarfs.remote.accession import normalize, normalize_emdb
 
 URL_SCHEMES = ("https", "ftp")
@@ -23,8 +31,82 @@ def _archive(settings):
     return Archive(settings)
 
 
-def _settings(ctx, api_url, data_url, ftp_url):
-    return settings_from(ctx.obj, api_url=api_url, data_url=data_url, ftp_url=ftp_url)
+def _settings(ctx, api_url, data_url, ftp_url, cache_dir=None, offline=None):
+    return settings_from(ctx.obj, api_url=api_url, data_url=data_url, ftp_url=ftp_url,
+                         cache_dir=cache_dir, offline=offline or None)
+
+
+def offline_option(func):
+    return click.option(
+        "--offline", is_flag=True,
+        help="Answer from the metadata cache (what mounts and earlier commands "
+             "fetched) without asking the archive.")(func)
+
+
+class CachedArchive:
+    """The archive seen through the persistent metadata cache, as a mount
+    sees it: entry records and listings younger than ``metadata_ttl`` are
+    not fetched again; older ones are, and are still served (with a
+    warning) when the archive cannot be reached; with ``offline`` nothing
+    is fetched. Offers what :func:`~empiarfs.namespace.select.walk` and
+    ``ls``/``info`` use of :class:`~empiarfs.remote.archive.Archive`.
+    """
+
+    def __init__(self, settings):
+        from empiarfs.namespace.catalog import Catalog
+        from empiarfs.namespace.metastore import MetaStore
+
+        self.settings = settings
+        self.archive = _archive(settings)
+        directory = os.path.join(settings.cache_dir, "metadata") if settings.cache_dir else None
+        self.store = MetaStore(directory)
+        self.catalog = Catalog(settings, self.archive, self.store)
+
+    def entry(self, accession):
+        return self._ask(accession, "", lambda: self.catalog.entry(accession))
+
+    def accessions(self) -> list[str]:
+        nodes = self._ask(None, "", lambda: self.catalog.listdir(""))
+        return [n.name for n in nodes if n.accession]
+
+    def listdir(self, accession, relpath=""):
+        path = f"{accession}/{relpath}".rstrip("/")
+        nodes = self._ask(accession, relpath, lambda: self.catalog.listdir(path))
+        return sorted((n.info for n in nodes if n.info is not None), key=lambda i: i.name)
+
+    def exact(self, accession, infos):
+        """The same files with exact sizes (one batch per directory)."""
+        out = []
+        for info in infos:
+            node = self._ask(accession, info.path, lambda info=info: self.catalog.lookup(
+                f"{accession}/{info.path}"))
+            out.append(node.info if node is not None and node.info is not None else info)
+        return out
+
+    def file_url(self, accession, relpath="", scheme="https"):
+        return self.archive.file_url(accession, relpath, scheme)
+
+    def _ask(self, accession, relpath, question):
+        try:
+            return question()
+        except RemoteError as exc:
+            if not self.settings.offline:
+                raise
+            what = "/".join(p for p in (accession, relpath) if p) or "the list of entries"
+            raise NotFound(f"{what} is not in the metadata cache ({self.settings.cache_dir}); "
+                           "run once without --offline", accession=accession,
+                           path=relpath) from exc
+
+    def close(self):
+        self.archive.close()
+        self.store.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
 
 
 def entry_dict(entry) -> dict:
@@ -64,19 +146,27 @@ def _pixel(s) -> str:
 @main.command()
 @click.argument("accession")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of text.")
+@offline_option
+@cache_dir_option
 @archive_options
 @click.pass_context
-def info(ctx, accession, as_json, api_url, data_url, ftp_url):
+def info(ctx, accession, as_json, offline, cache_dir, api_url, data_url, ftp_url):
     """Summary of one entry: title, authors, dates, DOI, size, EMDB links
     and its image sets.
+
+    Entry records are kept in the metadata cache, as a mount keeps them:
+    with the archive down a cached record is still shown (after a warning),
+    and --offline shows it without asking the archive at all.
 
     \b
     Examples:
       empiarfs info EMPIAR-10002
       empiarfs info 10002 --json | jq '.imagesets[].directory'
+      empiarfs info 10002 --offline
     """
     accession = normalize(accession)
-    with _archive(_settings(ctx, api_url, data_url, ftp_url)) as archive:
+    settings = _settings(ctx, api_url, data_url, ftp_url, cache_dir, offline)
+    with CachedArchive(settings) as archive:
         entry = archive.entry(accession)
     if as_json:
         echo_json(entry_dict(entry))
@@ -120,20 +210,26 @@ def _file_dict(info, accession) -> dict:
 
 
 @main.command("ls")
-@click.argument("target", metavar="ACCESSION[/PATH]")
+@click.argument("target", metavar="[ACCESSION[/PATH]]", required=False)
 @click.option("-R", "--recursive", is_flag=True, help="List every file below, recursively.")
 @click.option("-l", "--long", "long_", is_flag=True,
               help="Exact sizes (via FTP, else HEAD requests) and dates.")
-@click.option("--glob", "glob_", metavar="PATTERN",
-              help="Only paths matching this glob (relative to the entry; see below).")
-@click.option("--regex", metavar="RE", help="Only paths where this regex is found (re.search).")
+@click.option("--glob", "globs", metavar="PATTERN", multiple=True,
+              help="Only paths matching this glob (relative to the entry; see below; "
+                   "repeatable).")
+@click.option("--regex", "regexes", metavar="RE", multiple=True,
+              help="Only paths where this regex is found (re.search; repeatable).")
 @click.option("--urls", type=click.Choice(URL_SCHEMES), default=None,
               help="Print download URLs, one per line (for get --from-list, wget, curl).")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of text.")
+@offline_option
+@cache_dir_option
 @archive_options
 @click.pass_context
-def ls_(ctx, target, recursive, long_, glob_, regex, urls, as_json, api_url, data_url, ftp_url):
+def ls_(ctx, target, recursive, long_, globs, regexes, urls, as_json, offline, cache_dir,
+        api_url, data_url, ftp_url):
     """List files of an entry; paths are shown relative to the entry root.
+    Without an accession, list the archive's entries.
 
     \b
     Patterns match paths relative to the entry (never the URL):
@@ -142,10 +238,15 @@ def ls_(ctx, target, recursive, long_, glob_, regex, urls, as_json, api_url, dat
       --regex: Python re.search on the relative path; use ^...$ for a
               full match.
     A pattern selects files and implies -R (directories that cannot hold
-    a match are not listed).
+    a match are not listed); several patterns select what any one of
+    them matches. When nothing matches, the exit status is 1 (as for get).
+
+    Listings are kept in the metadata cache, as a mount keeps them
+    (--offline: answer from it alone).
 
     \b
     Examples:
+      empiarfs ls
       empiarfs ls EMPIAR-10002
       empiarfs ls EMPIAR-10002/data -l
       empiarfs ls 10002 -R --glob 'data/*.mrcs'
@@ -153,12 +254,23 @@ def ls_(ctx, target, recursive, long_, glob_, regex, urls, as_json, api_url, dat
       empiarfs get --from-list files.txt -o ~/empiar
       empiarfs ls 10002 -R --regex '^data/1[0-9]_.*\\.mrcs$' --json
     """
-    settings = _settings(ctx, api_url, data_url, ftp_url)
+    settings = _settings(ctx, api_url, data_url, ftp_url, cache_dir, offline)
+    selector = selector_from(globs, regexes)
+    filtered = bool(globs or regexes)
+    if target is None:
+        if filtered or recursive or long_ or urls:
+            raise click.UsageError("-R, -l, --glob, --regex and --urls need an ACCESSION")
+        with CachedArchive(settings) as archive:
+            entries = archive.accessions()
+        if as_json:
+            echo_json(entries)
+        else:
+            for name in entries:
+                click.echo(name)
+        return
     accession, relpath = split_target(target)
-    selector = Selector.from_options(glob_, regex)
-    with _archive(settings) as archive:
-        _ls(archive, accession, relpath, selector, recursive, long_, urls, as_json,
-            bool(glob_ or regex))
+    with CachedArchive(settings) as archive:
+        _ls(archive, accession, relpath, selector, recursive, long_, urls, as_json, filtered)
 
 
 def _ls(archive, accession, relpath, selector, recursive, long_, urls, as_json, filtered):
@@ -175,8 +287,12 @@ def _ls(archive, accession, relpath, selector, recursive, long_, urls, as_json, 
     if long_:
         files = [i for i in items if not i.is_dir and not i.size_exact]
         if files:
-            exact = {i.path: i for i in archive.resolve_sizes(files)}
+            exact = {i.path: i for i in archive.exact(accession, files)}
             items = [exact.get(i.path, i) for i in items]
+    if filtered and not any(not i.is_dir for i in items):
+        where = f"{accession}/{relpath}".rstrip("/")
+        raise NotFound(f"no files in {where} match {selector.description} "
+                       f"(see: empiarfs ls {accession} -R)", accession=accession, path=relpath)
     if urls:
         for item in items:
             if not item.is_dir:
@@ -195,7 +311,7 @@ def _ls(archive, accession, relpath, selector, recursive, long_, urls, as_json, 
                  i.path + ("/" if i.is_dir else "")) for i in items]
         click.echo(table(rows, ["BYTES", "SIZE", "MODIFIED (UTC)", "PATH"], right=(0, 1)))
         files = [i for i in items if not i.is_dir]
-        click.echo(f"{len(files)} files, {human(sum(i.size for i in files))}")
+        click.echo(f"{plural(len(files), 'file')}, {human(sum(i.size for i in files))}")
     else:
         for item in items:
             click.echo(item.path + ("/" if item.is_dir else ""))
@@ -209,14 +325,16 @@ def _ls(archive, accession, relpath, selector, recursive, long_, urls, as_json, 
 @click.option("--emdb", metavar="EMD-N",
               help="Entries linked to this EMDB map (asks the archive directly, no index needed).")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of text.")
+@cache_dir_option
 @archive_options
 @click.pass_context
-def search(ctx, text, category, fmt, experiment_type, emdb, as_json, api_url, data_url,
-           ftp_url):
+def search(ctx, text, category, fmt, experiment_type, emdb, as_json, cache_dir, api_url,
+           data_url, ftp_url):
     """Search entry metadata (title, authors, image sets, cross references)
     in the local index. Every word must match (case-insensitive).
 
-    Build or refresh the index first with `empiarfs index update`.
+    Build or refresh the index first with `empiarfs index update`. No
+    match is exit status 1, as for ls and get.
 
     \b
     Examples:
@@ -228,7 +346,7 @@ def search(ctx, text, category, fmt, experiment_type, emdb, as_json, api_url, da
     """
     from empiarfs.tools.search import SearchIndex, index_path, record_of
 
-    settings = _settings(ctx, api_url, data_url, ftp_url)
+    settings = _settings(ctx, api_url, data_url, ftp_url, cache_dir)
     words = " ".join(text)
     if emdb:
         code = normalize_emdb(emdb)
@@ -245,16 +363,15 @@ def search(ctx, text, category, fmt, experiment_type, emdb, as_json, api_url, da
                                "empiarfs index update   (or --range 10000-10100 for a part)")
         results = index.search(words, category=category, fmt=fmt,
                                experiment_type=experiment_type)
+    if not results:
+        raise NotFound("no entries match" + (f" {words!r}" if words else ""))
     if as_json:
         echo_json(results)
-        return
-    if not results:
-        click.echo("no entries match", err=True)
         return
     rows = [(r["accession"], r.get("release_date") or "", r.get("dataset_size") or "",
              (r.get("title") or "")[:80]) for r in results]
     click.echo(table(rows, ["ACCESSION", "RELEASED", "SIZE", "TITLE"]))
-    click.echo(f"{len(results)} entries")
+    click.echo(plural(len(results), "entry"))
 
 
 @main.group()
@@ -276,9 +393,10 @@ def index():
 @click.option("--refresh", is_flag=True,
               help="Also re-fetch indexed entries and update those whose update_date changed.")
 @click.option("--json", "as_json", is_flag=True, help="Print the counts as JSON.")
+@cache_dir_option
 @archive_options
 @click.pass_context
-def index_update(ctx, spec, refresh, as_json, api_url, data_url, ftp_url):
+def index_update(ctx, spec, refresh, as_json, cache_dir, api_url, data_url, ftp_url):
     """Fetch entries not yet indexed (batch requests of up to 500).
 
     \b
@@ -289,7 +407,7 @@ def index_update(ctx, spec, refresh, as_json, api_url, data_url, ftp_url):
     from empiarfs.namespace.filesystem import check_cache_dir
     from empiarfs.tools.search import SearchIndex, index_path
 
-    settings = _settings(ctx, api_url, data_url, ftp_url)
+    settings = _settings(ctx, api_url, data_url, ftp_url, cache_dir)
     # Before fetching: the index is saved there once everything is fetched.
     check_cache_dir(str(index_path(settings).parent))
     index_ = SearchIndex(index_path(settings))
@@ -305,24 +423,27 @@ def index_update(ctx, spec, refresh, as_json, api_url, data_url, ftp_url):
         return
     click.echo(f"{counts['added']} added, {counts['updated']} updated, "
                f"{counts['unchanged']} unchanged, {counts['absent']} without metadata; "
-               f"{counts['total']} entries in {index_.path}")
+               f"{plural(counts['total'], 'entry')} in {index_.path}")
 
 
 @index.command("info")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of text.")
+@cache_dir_option
 @click.pass_context
-def index_info(ctx, as_json):
+def index_info(ctx, as_json, cache_dir):
     """Where the index is, how many entries it holds and when it was updated."""
     from empiarfs.tools.search import SearchIndex, index_path
 
-    index_ = SearchIndex(index_path(settings_from(ctx.obj)))
+    index_ = SearchIndex(index_path(settings_from(ctx.obj, cache_dir=cache_dir)))
     data = {"path": str(index_.path), "entries": len(index_),
             "updated": time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(index_.updated))
             if index_.updated else None}
     if as_json:
         echo_json(data)
     else:
-        click.echo(f"{data['entries']} entries in {data['path']} (updated {data['updated']})")
+        when = f"updated {data['updated']}" if data["updated"] else \
+            "never updated: empiarfs index update"
+        click.echo(f"{plural(data['entries'], 'entry')} in {data['path']} ({when})")
 
 
 __all__ = ["info", "ls_", "search", "index", "entry_dict"]

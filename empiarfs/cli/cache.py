@@ -1,4 +1,4 @@
-"""``empiarfs cache info|clear|pin|unpin|prefetch``: the shared disk cache.
+"""``empiarfs cache info|ls|clear|pin|unpin|prefetch``: the shared disk cache.
 
 The cache is the one a mount uses (``<cache_dir>/blocks``); it belongs to
 one process at a time, so these commands fail with a clear message while
@@ -13,7 +13,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import click
 
-from empiarfs.cli import archive_options, main, settings_from
+from empiarfs.cli import archive_options, cache_dir_option, main, plural, settings_from
 from empiarfs.cli.output import DownloadProgress, echo_json, human, table
 from empiarfs.errors import InvalidInput
 from empiarfs.namespace.select import Selector, split_target, walk
@@ -22,10 +22,11 @@ from empiarfs.tools.download import FileResult, Target
 _GLOB_CHARS = re.compile(r"[*?\[]")
 
 
-def _open_fs(ctx, api_url=None, data_url=None, ftp_url=None):
+def _open_fs(ctx, api_url=None, data_url=None, ftp_url=None, cache_dir=None):
     from empiarfs.namespace.filesystem import EmpiarFS
 
-    settings = settings_from(ctx.obj, api_url=api_url, data_url=data_url, ftp_url=ftp_url)
+    settings = settings_from(ctx.obj, api_url=api_url, data_url=data_url, ftp_url=ftp_url,
+                             cache_dir=cache_dir)
     fs = EmpiarFS(settings)
     if fs.disk is None:
         fs.close()
@@ -68,6 +69,7 @@ def cache():
     \b
     Examples:
       empiarfs cache info
+      empiarfs cache ls
       empiarfs cache prefetch 'EMPIAR-10002/data/1*.mrcs'
       empiarfs cache pin EMPIAR-10002/data/100_movie_gc.mrcs
       empiarfs cache clear --yes
@@ -76,8 +78,9 @@ def cache():
 
 @cache.command("info")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of text.")
+@cache_dir_option
 @click.pass_context
-def cache_info(ctx, as_json):
+def cache_info(ctx, as_json, cache_dir):
     """Where the cache is, how full, how many files, what is pinned.
 
     \b
@@ -85,7 +88,7 @@ def cache_info(ctx, as_json):
       empiarfs cache info
       empiarfs cache info --json | jq .bytes_used
     """
-    fs = _open_fs(ctx)
+    fs = _open_fs(ctx, cache_dir=cache_dir)
     try:
         data = dict(fs.disk.info())
         data["pinned"] = fs.disk.pinned()
@@ -99,16 +102,58 @@ def cache_info(ctx, as_json):
     rows = [("directory", data["directory"]),
             ("used", f"{human(used)} of {human(bound)} ({pct:.1f}%)"),
             ("files", data["files"]), ("blocks", data["blocks"]),
-            ("pinned", f"{data['pinned_files']} files, {human(data['pinned_bytes'])}")]
+            ("pinned", f"{plural(data['pinned_files'], 'file')}, {human(data['pinned_bytes'])}")]
     click.echo(table(rows, ["CACHE", ""]))
     for url in data["pinned"]:
         click.echo(f"  pinned: {url}")
 
 
+@cache.command("ls")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of text.")
+@cache_dir_option
+@click.pass_context
+def cache_ls(ctx, as_json, cache_dir):
+    """What is cached, file by file: bytes present, size, pinned.
+
+    \b
+    Examples:
+      empiarfs cache ls
+      empiarfs cache ls --json | jq '.[] | select(.pinned)'
+    """
+    fs = _open_fs(ctx, cache_dir=cache_dir)
+    try:
+        files = fs.disk.files()
+        base = fs.settings.data_url.rstrip("/") + "/"
+    finally:
+        fs.close()
+    for item in files:
+        item["path"] = _archive_path(item["url"], base)
+    if as_json:
+        echo_json(files)
+        return
+    rows = [(human(f["cached"]), human(f["size"]),
+             "" if not f["size"] else f"{100 * f['cached'] / f['size']:.0f}%",
+             "pinned" if f["pinned"] else "", f["path"]) for f in files]
+    click.echo(table(rows, ["CACHED", "SIZE", "", "PIN", "FILE"], right=(0, 1, 2)))
+    click.echo(f"{plural(len(files), 'file')}, {human(sum(f['cached'] for f in files))} cached")
+
+
+def _archive_path(url: str, base: str) -> str:
+    """``EMPIAR-10002/data/a b.mrcs`` for a file of the configured archive,
+    else the URL itself (blocks of another mirror in the same cache)."""
+    from urllib.parse import unquote
+
+    if not url.startswith(base):
+        return url
+    number, _, rest = unquote(url[len(base):]).partition("/")
+    return f"EMPIAR-{number}/{rest}" if number.isdigit() else url
+
+
 @cache.command("clear")
 @click.option("--yes", "-y", is_flag=True, help="Do not ask for confirmation.")
+@cache_dir_option
 @click.pass_context
-def cache_clear(ctx, yes):
+def cache_clear(ctx, yes, cache_dir):
     """Delete every cached block (pins are kept, their blocks are not).
 
     \b
@@ -116,7 +161,7 @@ def cache_clear(ctx, yes):
       empiarfs cache clear
       empiarfs cache clear --yes
     """
-    fs = _open_fs(ctx)
+    fs = _open_fs(ctx, cache_dir=cache_dir)
     try:
         info = fs.disk.info()
         if not yes:
@@ -129,8 +174,8 @@ def cache_clear(ctx, yes):
     click.echo(f"cleared {human(info['bytes_used'])} from {info['directory']}")
 
 
-def _pin_command(ctx, paths, pin: bool, api_url, data_url, ftp_url):
-    fs = _open_fs(ctx, api_url, data_url, ftp_url)
+def _pin_command(ctx, paths, pin: bool, api_url, data_url, ftp_url, cache_dir):
+    fs = _open_fs(ctx, api_url, data_url, ftp_url, cache_dir)
     try:
         files = resolve_files(fs.archive, paths)
         for _, info in files:
@@ -143,9 +188,10 @@ def _pin_command(ctx, paths, pin: bool, api_url, data_url, ftp_url):
 
 @cache.command("pin")
 @click.argument("paths", nargs=-1, required=True, metavar="ACCESSION/PATH...")
+@cache_dir_option
 @archive_options
 @click.pass_context
-def cache_pin(ctx, paths, api_url, data_url, ftp_url):
+def cache_pin(ctx, paths, cache_dir, api_url, data_url, ftp_url):
     """Never evict these files' blocks (PATH may be a glob or a directory).
 
     \b
@@ -153,21 +199,22 @@ def cache_pin(ctx, paths, api_url, data_url, ftp_url):
       empiarfs cache pin EMPIAR-10002/data/100_movie_gc.mrcs
       empiarfs cache pin 'EMPIAR-10002/data/*.mrcs'
     """
-    _pin_command(ctx, paths, True, api_url, data_url, ftp_url)
+    _pin_command(ctx, paths, True, api_url, data_url, ftp_url, cache_dir)
 
 
 @cache.command("unpin")
 @click.argument("paths", nargs=-1, required=True, metavar="ACCESSION/PATH...")
+@cache_dir_option
 @archive_options
 @click.pass_context
-def cache_unpin(ctx, paths, api_url, data_url, ftp_url):
+def cache_unpin(ctx, paths, cache_dir, api_url, data_url, ftp_url):
     """Make these files' blocks evictable again.
 
     \b
     Examples:
       empiarfs cache unpin 'EMPIAR-10002/data/*.mrcs'
     """
-    _pin_command(ctx, paths, False, api_url, data_url, ftp_url)
+    _pin_command(ctx, paths, False, api_url, data_url, ftp_url, cache_dir)
 
 
 @cache.command("prefetch")
@@ -179,9 +226,11 @@ def cache_unpin(ctx, paths, api_url, data_url, ftp_url):
 @click.option("--index", "index_", is_flag=True,
               help="Also build the block index of each .bz2 file (one parallel "
                    "decompression), so later reads of any frame decompress only its blocks.")
+@cache_dir_option
 @archive_options
 @click.pass_context
-def cache_prefetch(ctx, paths, pin_, jobs, as_json, index_, api_url, data_url, ftp_url):
+def cache_prefetch(ctx, paths, pin_, jobs, as_json, index_, cache_dir, api_url, data_url,
+                   ftp_url):
     """Read files into the disk cache now, so later reads (mount, Python
     API, `get`) are local. PATH may be a glob or a directory.
 
@@ -191,7 +240,7 @@ def cache_prefetch(ctx, paths, pin_, jobs, as_json, index_, api_url, data_url, f
       empiarfs cache prefetch 'EMPIAR-10002/data/**' --pin
       empiarfs cache prefetch --index 'EMPIAR-10934/data/**/*.tiff.bz2'
     """
-    fs = _open_fs(ctx, api_url, data_url, ftp_url)
+    fs = _open_fs(ctx, api_url, data_url, ftp_url, cache_dir)
     progress = None if as_json else DownloadProgress()
     started = time.monotonic()
     results = []
@@ -239,8 +288,9 @@ def cache_prefetch(ctx, paths, pin_, jobs, as_json, index_, api_url, data_url, f
     if as_json:
         echo_json(summary)
     else:
-        indexes = f", {len(indexed)} bz2 indexes" if index_ else ""
-        click.echo(f"cached {summary['files']} files{indexes}, {human(summary['bytes'])} in "
+        indexes = f", {plural(len(indexed), 'bz2 index', 'bz2 indexes')}" if index_ else ""
+        click.echo(f"cached {plural(summary['files'], 'file')}{indexes}, "
+                   f"{human(summary['bytes'])} in "
                    f"{summary['seconds']:.1f} s; cache now {human(usage['bytes_used'])} of "
                    f"{human(usage['max_bytes'])}", err=True)
 

@@ -22,6 +22,8 @@ log = logging.getLogger(__name__)
               show_default=True, help="Target metadata model.")
 @click.option("--format", "fmt", type=click.Choice(["yaml", "json"]), default="yaml",
               show_default=True, help="Output serialisation.")
+@click.option("--json", "as_json", is_flag=True,
+              help="Print JSON (the same as --format json, and as --json of other commands).")
 @click.option("-o", "--output", type=click.Path(dir_okay=False, writable=True), default=None,
               help="Write here instead of standard output.")
 @click.option("--with-files", is_flag=True,
@@ -29,7 +31,8 @@ log = logging.getLogger(__name__)
                    "file; slow for entries with many files.")
 @archive_options
 @click.pass_context
-def export_cmd(ctx, accession, target, fmt, output, with_files, api_url, data_url, ftp_url):
+def export_cmd(ctx, accession, target, fmt, as_json, output, with_files, api_url, data_url,
+               ftp_url):
     """Export an entry's metadata as a lambda-ber-schema Dataset record.
 
     The record targets lambda-ber-schema main@6d962a15; EMPIAR fields the
@@ -39,9 +42,11 @@ def export_cmd(ctx, accession, target, fmt, output, with_files, api_url, data_ur
     \b
     Examples:
       empiarfs export EMPIAR-10002 --to lambda-ber
-      empiarfs export 10934 --format json -o 10934.lambda.json
+      empiarfs export 10934 --json -o 10934.lambda.json
       empiarfs export 10943 --with-files -o 10943.yaml
     """
+    if as_json:
+        fmt = "json"
     settings = settings_from(ctx.obj, api_url=api_url, data_url=data_url, ftp_url=ftp_url)
     with Archive(settings) as archive:
         entry = archive.entry(accession)

@@ -130,7 +130,7 @@ def entry_to_lambda_ber(entry: Entry, files: list[FileInfo] | None = None,
     technique = _entry_technique(entry)
 
     record: dict = {"id": base, "title": entry.title or entry.accession}
-    record["description"] = _description(entry)
+    record["description"] = _description(entry, data_url)
     record["keywords"] = _keywords(entry)
     study = {"id": f"{base}#study", "title": entry.title or entry.accession}
     record["studies"] = [study]
@@ -219,9 +219,14 @@ def _entry_technique(entry: Entry) -> tuple[str, str | None]:
     return "electron_microscopy", None
 
 
-def _description(entry: Entry) -> str:
-    parts = [f"EMPIAR entry {entry.accession}, exported by empiarfs from "
-             f"{ENTRY_PAGE.format(accession=entry.accession)}."]
+def _description(entry: Entry, data_url: str = DEFAULT) -> str:
+    # Named after where the record really came from: a mirror's records
+    # point at the mirror, and so must this line.
+    if data_url.rstrip("/") == DEFAULT.rstrip("/"):
+        source = ENTRY_PAGE.format(accession=entry.accession)
+    else:
+        source = f"the EMPIAR mirror at {_entry_root_url(entry, data_url)}"
+    parts = [f"EMPIAR entry {entry.accession}, exported by empiarfs from {source}."]
     if entry.authors:
         parts.append("Authors: " + ", ".join(a.name for a in entry.authors) + ".")
     for citation in entry.citations[:1]:
