@@ -1,5 +1,6 @@
 """empiarfs.cache.disk.DiskStore: persistence, checksums, versions, hard
-byte bound, pins, error handling, crash safety, directory lock."""
+byte bound, pins, error handling, crash safety, the shared and exclusive
+directory modes. Many processes at once: tests/test_cache_shared.py."""
 
 import os
 import random
@@ -76,17 +77,36 @@ def test_partial_block_refused(store):
     assert store.info()["blocks"] == 0
 
 
-def test_fingerprint_change_drops_old_blocks(store):
+def test_storing_a_new_version_drops_old_blocks(store):
     store.put(URL, FP, 0, payload(0))
+    store.put(URL, FP, 1, payload(1))
     store.put("other", FP, 0, payload(0, seed=9))
     new = Fingerprint(FP.size, "etag-2")
-    assert store.get(URL, new, 0) is None             # a new version: old blocks gone
-    assert store.get(URL, FP, 0) is None              # ...and not resurrected
-    assert store.get("other", FP, 0) == payload(0, seed=9)
-    assert store.info()["blocks"] == 1
-    assert len(block_files(store.directory)) == 1
-    store.put(URL, new, 0, payload(0, seed=2))
+    assert store.get(URL, new, 0) is None             # another version is never served
+    assert store.get(URL, FP, 0) == payload(0)        # a lookup alone changes nothing
+    assert store.put(URL, new, 0, payload(0, seed=2))  # a writer stores the new version:
+    assert store.get(URL, FP, 0) is None              # the old one's blocks are gone
+    assert store.get(URL, FP, 1) is None and not store.has(URL, new, 1)
     assert store.get(URL, new, 0) == payload(0, seed=2)
+    assert store.get("other", FP, 0) == payload(0, seed=9)
+    assert store.info()["blocks"] == 2
+    assert len(block_files(store.directory)) == 2
+    store.open(URL, FP)                               # declaring a version switches too
+    assert store.get(URL, new, 0) is None and store.info()["blocks"] == 1
+
+
+def test_one_version_seen_through_other_metadata_shares_blocks(store):
+    ftp = Fingerprint(FP.size, None, "1700000000")                          # size, FTP time
+    head = Fingerprint(FP.size, '"abc"', "Tue, 14 Nov 2023 22:13:20 GMT")  # ETag, HTTP date
+    store.put(URL, ftp, 0, payload(0))
+    assert store.get(URL, head, 0) == payload(0)      # the same version, by change_from
+    assert store.put(URL, head, 1, payload(1))        # no drop; the ETag is learnt
+    assert store.get(URL, ftp, 0) == payload(0) and store.get(URL, ftp, 1) == payload(1)
+    assert store.cached_ranges(URL, head) == [(0, 2 * BS)]
+    other = Fingerprint(FP.size, '"def"')
+    assert store.get(URL, other, 0) is None           # another ETag is another version
+    assert store.cached_ranges(URL, other) == []
+    assert store.get(URL, Fingerprint(FP.size + 1, None, "1700000000"), 0) is None
 
 
 def test_corrupt_block_is_deleted_not_served(store):
@@ -171,26 +191,34 @@ def test_pinned_files_never_evicted(tmp_path):
         assert not s.has(URL, FP, 0)
 
 
-def test_block_being_read_is_not_evicted(tmp_path, monkeypatch):
+def test_block_evicted_while_being_read_is_still_served(tmp_path, monkeypatch):
+    """Another process cannot know which blocks this one is reading, so
+    eviction may unlink a block file a reader has open: the reader still
+    gets every byte (an unlinked file lives on for whoever has it open),
+    and the bound holds."""
+    from empiarfs.cache.disk import blockfile
+
     s = DiskStore(str(tmp_path / "c"), 2 * (BS + HEADER), block_size=BS)
     s.put(URL, FP, 0, payload(0))
-    s.put(URL, FP, 1, payload(1))
-    entered, release = threading.Event(), threading.Event()
-    original = DiskStore._read_verified
+    s.put(URL, FP, 1, payload(1))                # 0 is now the least recent
+    opened, release = threading.Event(), threading.Event()
+    real_read = os.read
 
-    def slow_read(self, fid, idx, expected):
-        entered.set()
-        assert release.wait(5)
-        return original(self, fid, idx, expected)
+    def paused_read(fd, n):
+        if threading.current_thread().name == "block-reader" and not opened.is_set():
+            opened.set()                          # the file is open: pause mid-read
+            assert release.wait(5)
+        return real_read(fd, n)
 
-    monkeypatch.setattr(DiskStore, "_read_verified", slow_read)
+    monkeypatch.setattr(blockfile.os, "read", paused_read)
     result = []
-    reader = threading.Thread(target=lambda: result.append(s.get(URL, FP, 0)))
+    reader = threading.Thread(target=lambda: result.append(s.get(URL, FP, 0)), name="block-reader")
     reader.start()
     try:
-        assert entered.wait(5)
-        assert s.put(URL, FP, 2, payload(2))    # must evict 1, not the block being read
-        assert s.has(URL, FP, 0) and not s.has(URL, FP, 1)
+        assert opened.wait(5)
+        assert s.put(URL, FP, 2, payload(2))      # evicts 0, open in the reader
+        assert not s.has(URL, FP, 0) and s.has(URL, FP, 1)
+        assert s.bytes_used == disk_bytes(s.directory) <= s.max_bytes
     finally:
         release.set()
         reader.join()
@@ -248,23 +276,31 @@ def test_clear_keeps_pins(store):
     assert store.pinned() == [URL]
 
 
-def test_second_instance_refused_with_pid(tmp_path):
+def test_shared_by_default_exclusive_on_request(tmp_path):
     directory = str(tmp_path / "c")
-    with DiskStore(directory, 1 << 20, block_size=BS):
+    with DiskStore(directory, 1 << 20, block_size=BS) as a, \
+            DiskStore(directory, 1 << 20, block_size=BS) as b:
+        assert a.put(URL, FP, 0, payload(0))
+        assert b.get(URL, FP, 0) == payload(0)            # one cache, two stores
+        assert b.info()["processes"] == 2
         with pytest.raises(CacheLocked, match=f"in use by process {os.getpid()}"):
-            DiskStore(directory, 1 << 20, block_size=BS)
+            DiskStore(directory, 1 << 20, block_size=BS, exclusive=True)
+        with pytest.raises(CacheLocked, match=f"block size {BS}, not {2 * BS}"):
+            DiskStore(directory, 1 << 20, block_size=2 * BS)
+    with DiskStore(directory, 1 << 20, block_size=BS, exclusive=True) as alone:
+        assert alone.get(URL, FP, 0) == payload(0)
         code = (
             "import sys\n"
             "from empiarfs.cache.disk import DiskStore, CacheLocked\n"
             "try:\n"
-            f"    DiskStore({directory!r}, 1 << 20)\n"
+            f"    DiskStore({directory!r}, 1 << 20, block_size={BS})\n"
             "except CacheLocked as exc:\n"
             "    print(exc); sys.exit(3)\n"
         )
         proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                               timeout=60)
         assert proc.returncode == 3, proc.stderr
-        assert f"process {os.getpid()}" in proc.stdout
+        assert f"process {os.getpid()}, which holds it exclusively" in proc.stdout
     with DiskStore(directory, 1 << 20, block_size=BS):   # released on close
         pass
 

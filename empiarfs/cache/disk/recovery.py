@@ -1,0 +1,138 @@
+"""Putting a cache directory right after processes died or data was dropped.
+
+Three jobs, each safe while other processes keep using the directory:
+
+``reap``
+    Reservations of dead processes (killed mid-write) are released: their
+    files (temporary or renamed) are unlinked and their rows deleted, so
+    their bytes count no more. Run at open, by each process's flusher every
+    few seconds, and when a write finds no room.
+``sweep``
+    Blocks of retired fids (a dropped file, an old version, ``clear``) are
+    deleted a batch per transaction, so a large drop never holds the
+    index's write lock for long.
+``reconcile``
+    A full scan of ``blocks/`` against the index: files without a row
+    (damage, a lost index) and written rows without a file are removed,
+    stray temporary files swept, and ``usage`` recounted. Run when a
+    process opens the directory and finds no other process using it.
+    Every delete is re-checked inside a write transaction, where no one
+    can reserve, evict or finish a block, so a block made meanwhile by
+    another process is never taken for debris.
+
+Lock order: runs inside or around ``Index.write`` (see ``index.py``); the
+flocks taken on dead owners' token files never wait.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+
+from empiarfs.cache.disk import blockfile, dirlock
+from empiarfs.cache.disk.index import Index
+
+log = logging.getLogger(__name__)
+
+# Rows deleted per transaction by sweep and reconcile.
+BATCH = 512
+
+
+def reap(index: Index, layout: blockfile.Layout, directory: str, me: str) -> list[str]:
+    """Release dead processes' reservations; returns the live other tokens."""
+    with index.read() as tx:
+        tokens = set(tx.owners())
+    tokens.update(dirlock.listed_tokens(directory))
+    tokens.discard(me)
+    live, dead = [], []
+    for token in sorted(tokens):
+        claim = dirlock.claim_if_dead(directory, token)
+        (live.append(token) if claim is None else dead.append(claim))
+    if not dead:
+        return live
+    try:
+        freed = 0
+        with index.write() as tx:
+            for claim in dead:
+                for fid, idx in tx.reserved_by(claim.token):
+                    blockfile.remove(layout.path(fid, idx))
+                    freed += tx.delete_block(fid, idx)
+    except BaseException:
+        for claim in dead:
+            claim.abandon()
+        raise
+    for claim in dead:
+        claim.bury()
+    if freed:
+        log.info("disk cache %s: released %d bytes reserved by %d process(es) that died "
+                 "mid-write", directory, freed, len(dead))
+    return live
+
+
+def sweep(index: Index, layout: blockfile.Layout, rounds: int = -1) -> int:
+    """Delete blocks of retired fids, BATCH rows per transaction; returns
+    how many were deleted. Reservations of retired fids are left to their
+    writers (who find the fid retired when they finish) or to ``reap``."""
+    deleted = 0
+    while rounds:
+        rounds -= 1
+        with index.write() as tx:
+            fids = tx.garbage(16)
+            done_now = 0
+            for fid in fids:
+                rows = tx.written(fid, BATCH - done_now)
+                for idx, _size in rows:
+                    blockfile.remove(layout.path(fid, idx))
+                    tx.delete_block(fid, idx)
+                done_now += len(rows)
+                if not tx.has_rows(fid):
+                    tx.forget_garbage(fid)
+                if done_now >= BATCH:
+                    break
+        deleted += done_now
+        if not done_now:
+            break
+    return deleted
+
+
+def reconcile(index: Index, layout: blockfile.Layout) -> int:
+    """Make ``blocks/`` and the index agree; returns files and rows removed."""
+    removed = 0
+    seen: set = set()
+    for shard in layout.shards():
+        found = list(layout.scan(shard))
+        for start in range(0, len(found), BATCH):
+            with index.write() as tx:
+                for path, fid, idx, temporary in found[start:start + BATCH]:
+                    row = tx.block(fid, idx)
+                    if temporary:
+                        # A live writer's temporary file has its reservation.
+                        if row is None or row[1] is None:
+                            removed += _unlink(path)
+                    elif row is None:
+                        removed += _unlink(path)
+                    else:
+                        seen.add((fid, idx))
+    with index.read() as tx:
+        rows = tx.all_written()
+    missing = [key for key in rows if key not in seen]
+    for start in range(0, len(missing), BATCH):
+        with index.write() as tx:
+            for fid, idx in missing[start:start + BATCH]:
+                row = tx.block(fid, idx)
+                # Written rows change only inside write transactions: if the
+                # file is absent now, it is gone for good.
+                if row is not None and row[1] is None and not os.path.exists(layout.path(fid, idx)):
+                    tx.delete_block(fid, idx)
+                    removed += 1
+    with index.write() as tx:
+        tx.recount()
+    return removed
+
+
+def _unlink(path: str) -> int:
+    try:
+        os.unlink(path)
+        return 1
+    except OSError:
+        return 0
