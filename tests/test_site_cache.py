@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import json
 import os
 import random
 import re
@@ -317,7 +316,8 @@ def test_nginx_accepts_the_configuration(origin):
     site = Site(origin.url, ttl="5m")
     try:
         tool.check(site.opts, NGINX)           # raises with nginx's message if not
-        text = open(site.opts.config_path).read()
+        with open(site.opts.config_path) as handle:
+            text = handle.read()
         assert f"server 127.0.0.1:{origin.port} max_fails=0;" in text
         assert "proxy_cache_valid 200 206 301 302 300s;" in text
     finally:
