@@ -76,7 +76,7 @@ USER_AGENT = f"empiarfs/{_version()} (+https://github.com/empiarfs)"
 # Largest text/JSON body we accept (directory listings of 100k files are
 # about 25 MiB of HTML).
 MAX_TEXT_BYTES = 64 * MiB
-CHUNK = 64 * 1024
+CHUNK = 1024 * 1024
 MAX_REDIRECTS = 10
 # Hedges never fire sooner than this after a request was sent.
 HEDGE_FLOOR = 0.25
