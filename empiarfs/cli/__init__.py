@@ -47,7 +47,8 @@ class _Group(click.Group):
         except click.exceptions.NoArgsIsHelpError:
             raise   # a group without its command: click shows the group's help
         except click.UsageError as exc:
-            where = exc.ctx.command_path if exc.ctx is not None else ctx.command_path
+            path = (exc.ctx or ctx).command_path.split()[1:]
+            where = " ".join(["empiarfs", *path])
             click.echo(f"empiarfs: error: {one_line(exc.format_message())} "
                        f"(see: {where} --help)", err=True)
             ctx.exit(EXIT_USAGE)
