@@ -305,6 +305,33 @@ def test_shared_by_default_exclusive_on_request(tmp_path):
         pass
 
 
+def test_blocks_of_a_process_that_exited_without_closing_are_kept(tmp_path):
+    """A Python process that ends without closing its store has finished
+    blocks it never confirmed in the index: the next one keeps them (they
+    are whole: a block file only appears by a rename)."""
+    import sqlite3
+
+    directory = str(tmp_path / "c")
+    code = textwrap.dedent(f"""
+        import os, random
+        from empiarfs.cache.disk import DiskStore
+        from empiarfs.model import Fingerprint
+        s = DiskStore({directory!r}, 1 << 20, block_size={BS})
+        for i in range(5):
+            assert s.put({URL!r}, Fingerprint({FP.size}, {FP.etag!r}), i,
+                         random.Random(i).randbytes({BS}))
+        os._exit(0)
+        """)
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    with sqlite3.connect(os.path.join(directory, "index.sqlite")) as db:
+        assert db.execute("SELECT COUNT(*) FROM blocks WHERE owner IS NOT NULL").fetchone()[0] >= 1
+    with DiskStore(directory, 1 << 20, block_size=BS) as s:
+        assert [s.get(URL, FP, i) == payload(i) for i in range(5)] == [True] * 5
+        assert s.info()["blocks"] == 5 and s.info()["reserved_bytes"] == 0
+        assert s.bytes_used == disk_bytes(directory) == 5 * (BS + HEADER)
+
+
 def test_directory_removed_while_running(store):
     store.put(URL, FP, 0, payload(0))
     shutil.rmtree(store.directory)

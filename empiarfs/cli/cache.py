@@ -1,8 +1,9 @@
 """``empiarfs cache info|ls|clear|pin|unpin|prefetch``: the shared disk cache.
 
-The cache is the one a mount uses (``<cache_dir>/blocks``); it belongs to
-one process at a time, so these commands fail with a clear message while
-a mount is running.
+The cache is the one a mount uses (``<cache_dir>/blocks``), shared by every
+process on the node: these commands work while mounts, Python API processes
+and Dask workers use it (they fail with one clear line only when another
+process holds it exclusively or uses another block size).
 """
 
 from __future__ import annotations

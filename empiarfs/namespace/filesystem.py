@@ -79,15 +79,19 @@ class EmpiarFS:
     settings : Settings, optional
         Defaults to :meth:`Settings.load` (config file and environment).
     exclusive_cache : bool
-        One process owns a disk cache directory. When true (the mount),
-        a cache owned by another process, or one that cannot be written,
-        is an error; when false (the Python API beside a running mount),
-        this instance warns and runs with the memory cache only.
+        Whether the disk cache is required (the name is historical: a
+        cache directory is shared by every process on the node, the mount,
+        Python API processes, Dask workers and the ``cache`` commands at
+        once). When true (the mount, the CLI), a cache that cannot be used
+        (not writable, held exclusively by another process, or used with
+        another block size) is an error; when false (the Python API), this
+        instance warns and runs with the memory cache only.
 
     Raises
     ------
     CacheLocked
-        ``exclusive_cache`` is true and another process owns the cache.
+        ``exclusive_cache`` is true and another process holds the cache
+        exclusively or uses it with another block size.
     CacheUnavailable
         ``exclusive_cache`` is true and the cache directory cannot be
         created or written.
@@ -133,6 +137,7 @@ class EmpiarFS:
         self._lock = threading.Lock()
 
     def _open_disk(self, directory: str) -> DiskStore:
+        # Shared: other processes on this node may use the directory too.
         try:
             return DiskStore(directory, self.settings.cache_size,
                              block_size=self.settings.block_size)

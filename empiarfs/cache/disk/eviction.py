@@ -4,10 +4,15 @@ The bound is on the bytes of block files (headers included). Every writer,
 in every process, reserves a block's bytes in the index *before* creating
 its file, in the same transaction that evicts what does not fit (see
 ``index.py``), so the bound holds at every moment, across processes, and
-not after a periodic sweep. Each process enforces its own ``max_bytes`` on
-the shared total: processes agreeing on the size (the usual case) share
-one bound; otherwise the directory stays under the largest of them, and
-the smaller ones evict more eagerly.
+not after a periodic sweep.
+
+One bound is in force at a time: the largest ``max_bytes`` of the
+processes using the directory (each registers its own; a dead one's goes
+when it is reaped). Processes normally agree (one config file). When they
+do not, the largest wins so that a short-lived process with the default
+size (``empiarfs cache info``, a Dask worker) never evicts most of a
+mount's larger cache; once the larger process leaves, the next write
+evicts down to the bound of those still there.
 
 Never evicted: blocks of pinned files, and reservations (blocks being
 written). A block being *read* may be evicted: its reader has the file
@@ -33,26 +38,42 @@ from empiarfs.cache.disk.index import Tx
 
 # Victims fetched per query while making room.
 _VICTIMS_PER_QUERY = 64
+# Victims per transaction, at most: when a larger bound goes away (its
+# process left), the excess is trimmed over several writes instead of one
+# transaction unlinking a hundred thousand files under the write lock.
+MAX_VICTIMS = 1024
 # Recency updates are saved when this many are waiting (or by the store's
 # flusher, or before choosing victims).
 TOUCH_BATCH = 512
 
 
-def make_room(tx: Tx, layout: blockfile.Layout, need: int, limit: int) -> bool:
-    """Evict until ``used + need <= limit``; False if that is impossible
-    (everything left is pinned or being written). Files are unlinked
-    before their rows are deleted, inside the transaction."""
+def make_room(tx: Tx, layout: blockfile.Layout, need: int, limit: int,
+              most: int = MAX_VICTIMS) -> bool:
+    """Evict until ``used + need <= limit``; False if that takes more than
+    ``most`` victims or is impossible (everything left is pinned or being
+    written). Files are unlinked before their rows are deleted, inside the
+    transaction."""
     used = tx.used()
-    while used + need > limit:
-        victims = tx.least_recent(_VICTIMS_PER_QUERY)
+    while used + need > limit and most > 0:
+        victims = tx.least_recent(min(_VICTIMS_PER_QUERY, most))
         if not victims:
             return False
         for fid, idx, _size in victims:
             blockfile.remove(layout.path(fid, idx))
             used -= tx.delete_block(fid, idx)
+            most -= 1
             if used + need <= limit:
                 break
-    return True
+    return used + need <= limit
+
+
+def trim(index, layout: blockfile.Layout, limit_for) -> None:
+    """Evict down to the bound, MAX_VICTIMS per transaction (at open, or
+    when a file is unpinned). ``limit_for(tx)`` gives the bound in force."""
+    while True:
+        with index.write() as tx:
+            if make_room(tx, layout, 0, limit_for(tx)) or not tx.least_recent(1):
+                return
 
 
 class Recency:

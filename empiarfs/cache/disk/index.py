@@ -19,6 +19,9 @@ Tables::
                             deleted a batch at a time
     usage(bytes)            the sum of ``blocks.size``: kept in the same
                             transactions as the rows, so it is exact
+    owners(token, max_bytes)
+                            the processes using the directory and the bound
+                            each was opened with (``eviction.py``)
 
 Rules every writer keeps (they are what makes the size bound hold across
 processes): a block's row (a reservation) is committed before its file is
@@ -53,6 +56,10 @@ DB_NAME = "index.sqlite"
 # put is skipped (the block stays in memory and comes again from the
 # network if needed).
 WRITE_WAIT = 5.0
+# Readers never wait for writers in WAL mode; only SQLite's own recovery
+# after a crash or a checkpoint can hold them, briefly. A lookup that
+# waits longer is a miss (the block comes from the network).
+READ_WAIT = 1.0
 
 _TABLES = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT);
@@ -67,9 +74,10 @@ CREATE INDEX IF NOT EXISTS blocks_lru ON blocks (atime) WHERE owner IS NULL;
 CREATE INDEX IF NOT EXISTS blocks_owner ON blocks (owner) WHERE owner IS NOT NULL;
 CREATE TABLE IF NOT EXISTS garbage (fid INTEGER PRIMARY KEY);
 CREATE TABLE IF NOT EXISTS usage (id INTEGER PRIMARY KEY CHECK (id = 0), bytes INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS owners (token TEXT PRIMARY KEY, max_bytes INTEGER NOT NULL);
 INSERT OR IGNORE INTO usage VALUES (0, 0);
 """
-_OLD_TABLES = ("files", "blocks", "garbage", "usage", "meta")
+_OLD_TABLES = ("files", "blocks", "garbage", "usage", "owners", "meta")
 
 
 class Tx:
@@ -90,6 +98,21 @@ class Tx:
         fid = int(self.meta("next_fid") or 1)
         self.set_meta("next_fid", fid + 1)
         return fid
+
+    # -- owners --------------------------------------------------------------
+    def register(self, token: str, max_bytes: int) -> None:
+        self.db.execute("INSERT OR REPLACE INTO owners VALUES (?, ?)", (token, max_bytes))
+
+    def unregister(self, token: str) -> None:
+        self.db.execute("DELETE FROM owners WHERE token=?", (token,))
+
+    def registered(self) -> list[str]:
+        return [r[0] for r in self.db.execute("SELECT token FROM owners")]
+
+    def bound(self, default: int) -> int:
+        """The bound in force: the largest of the registered processes'."""
+        row = self.db.execute("SELECT MAX(max_bytes) FROM owners").fetchone()
+        return row[0] if row and row[0] is not None else default
 
     # -- usage ---------------------------------------------------------------
     def used(self) -> int:
@@ -170,8 +193,10 @@ class Tx:
         return self.db.execute("SELECT 1 FROM blocks WHERE fid=? LIMIT 1",
                                (fid,)).fetchone() is not None
 
-    def reserved_by(self, owner: str) -> list[tuple[int, int]]:
-        return self.db.execute("SELECT fid, idx FROM blocks WHERE owner=?", (owner,)).fetchall()
+    def reserved_by(self, owner: str) -> list[tuple[int, int, int]]:
+        """``(fid, idx, size)`` of the reservations of ``owner``."""
+        return self.db.execute("SELECT fid, idx, size FROM blocks WHERE owner=?",
+                               (owner,)).fetchall()
 
     def owners(self) -> list[str]:
         return [r[0] for r in self.db.execute(
@@ -249,18 +274,18 @@ class Index:
         self.path = os.path.join(directory, DB_NAME)
         self._write_lock = threading.Lock()
         self._read_lock = threading.Lock()
-        self._writer = self._connect()
+        self._writer = self._connect(WRITE_WAIT)
         self._reader: Optional[sqlite3.Connection] = None
         try:
             self.upgraded = self._prepare()
-            self._reader = self._connect()
+            self._reader = self._connect(READ_WAIT)
             self.inode = os.stat(self.path).st_ino
         except BaseException:
             self.close()
             raise
 
-    def _connect(self) -> sqlite3.Connection:
-        db = sqlite3.connect(self.path, timeout=WRITE_WAIT, check_same_thread=False,
+    def _connect(self, wait: float) -> sqlite3.Connection:
+        db = sqlite3.connect(self.path, timeout=wait, check_same_thread=False,
                              isolation_level=None)
         try:
             db.execute("PRAGMA journal_mode=WAL")

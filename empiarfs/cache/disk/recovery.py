@@ -3,10 +3,12 @@
 Three jobs, each safe while other processes keep using the directory:
 
 ``reap``
-    Reservations of dead processes (killed mid-write) are released: their
-    files (temporary or renamed) are unlinked and their rows deleted, so
-    their bytes count no more. Run at open, by each process's flusher every
-    few seconds, and when a write finds no room.
+    Reservations of dead processes are settled. A block the process had
+    finished (renamed into place; it exited before saying so, or was killed
+    just after) is checked like any lookup checks it and kept; anything
+    else (a temporary file, a block of a dropped file) is unlinked and its
+    row deleted, so its bytes count no more. Run at open, by each process's
+    flusher every few seconds, and when a write finds no room.
 ``sweep``
     Blocks of retired fids (a dropped file, an old version, ``clear``) are
     deleted a batch per transaction, so a large drop never holds the
@@ -41,7 +43,7 @@ BATCH = 512
 def reap(index: Index, layout: blockfile.Layout, directory: str, me: str) -> list[str]:
     """Release dead processes' reservations; returns the live other tokens."""
     with index.read() as tx:
-        tokens = set(tx.owners())
+        tokens = set(tx.owners()) | set(tx.registered())
     tokens.update(dirlock.listed_tokens(directory))
     tokens.discard(me)
     live, dead = [], []
@@ -51,22 +53,37 @@ def reap(index: Index, layout: blockfile.Layout, directory: str, me: str) -> lis
     if not dead:
         return live
     try:
-        freed = 0
+        freed = kept = 0
         with index.write() as tx:
             for claim in dead:
-                for fid, idx in tx.reserved_by(claim.token):
-                    blockfile.remove(layout.path(fid, idx))
-                    freed += tx.delete_block(fid, idx)
+                for fid, idx, size in tx.reserved_by(claim.token):
+                    path = layout.path(fid, idx)
+                    length = size - blockfile.HEADER.size
+                    if tx.is_current(fid) and _whole(path, fid, idx, length):
+                        tx.mark_written(fid, idx, claim.token)
+                        kept += 1
+                    else:
+                        blockfile.remove(path)
+                        freed += tx.delete_block(fid, idx)
+                tx.unregister(claim.token)
     except BaseException:
         for claim in dead:
             claim.abandon()
         raise
     for claim in dead:
         claim.bury()
-    if freed:
-        log.info("disk cache %s: released %d bytes reserved by %d process(es) that died "
-                 "mid-write", directory, freed, len(dead))
+    if freed or kept:
+        log.info("disk cache %s: of what %d process(es) gone were writing, kept %d finished "
+                 "blocks and released %d bytes", directory, len(dead), kept, freed)
     return live
+
+
+def _whole(path: str, fid: int, idx: int, length: int) -> bool:
+    try:
+        status, _ = blockfile.read(path, fid, idx, length, length)
+    except OSError:
+        return False
+    return status == blockfile.HIT
 
 
 def sweep(index: Index, layout: blockfile.Layout, rounds: int = -1) -> int:

@@ -17,7 +17,8 @@ to a temporary file and renamed into place, and its reservation becomes a
 block in a later transaction (batched). A process killed at any point
 leaves at most a reservation and a temporary file, which ``recovery.reap``
 releases as soon as any other process notices the death (within a few
-seconds) or the next one opens the directory.
+seconds) or the next one opens the directory; blocks it had finished are
+kept.
 
 Lock order: ``DiskStore._state`` (closing and writes in flight) ->
 ``DiskStore._reopen_lock`` -> ``Index._write_lock`` -> SQLite's write lock
@@ -72,9 +73,9 @@ class DiskStore:
         Cache directory; created if missing.
     max_bytes : int
         Hard bound on the bytes of block files (headers included), held at
-        every moment across every process using the directory (each
-        enforces its own bound on the shared total). The index (a few MB)
-        is not counted.
+        every moment across every process using the directory; when those
+        processes were given different bounds, the largest is in force
+        (``eviction.py``). The index (a few MB) is not counted.
     block_size : int
         Block granule. Every process on a directory must use the same; a
         lone opener with another one discards the old blocks.
@@ -110,41 +111,51 @@ class DiskStore:
         self._layout = blockfile.Layout(self.directory)
         self._flusher: Optional[threading.Thread] = None
         self._wake = threading.Event()
+        self._retired: list[Index] = []   # indexes of a directory removed under us
         self._open()
 
     # ------------------------------------------------------------------ opening
     def _open(self) -> None:
+        self._dirlock, self._owner, self._index = self._open_parts()
+
+    def _open_parts(self) -> tuple[dirlock.DirectoryLock, dirlock.Owner, Index]:
+        """Take the directory, register, recover; the parts, not yet in use."""
         os.makedirs(self._layout.root, exist_ok=True)
-        self._dirlock = dirlock.DirectoryLock(self.directory, self.exclusive)
-        self._owner = None
-        self._index = None
+        lock = dirlock.DirectoryLock(self.directory, self.exclusive)
+        owner = index = None
         try:
-            self._owner = dirlock.Owner(self.directory)
-            self._index = self._open_index()
-            live = recovery.reap(self._index, self._layout, self.directory, self._owner.token)
-            self._check_block_size(live)
+            owner = dirlock.Owner(self.directory)
+            index = self._open_index(owner)
+            with index.write() as tx:
+                tx.register(owner.token, self._max)
+            live = recovery.reap(index, self._layout, self.directory, owner.token)
+            self._check_block_size(index, live)
             if not live:
                 if not self.exclusive:
-                    self._dirlock.note_pid()
-                removed = recovery.reconcile(self._index, self._layout)
+                    lock.note_pid()
+                removed = recovery.reconcile(index, self._layout)
                 if removed:
                     log.info("disk cache %s: removed %d leftover files or rows", self.directory,
                              removed)
-            recovery.sweep(self._index, self._layout)
-            with self._index.write() as tx:
-                if tx.used() > self._max:   # the bound may have been lowered
-                    eviction.make_room(tx, self._layout, 0, self._max)
+            recovery.sweep(index, self._layout)
+            # The bound may have been lowered since the last run.
+            eviction.trim(index, self._layout, lambda tx: tx.bound(self._max))
         except BaseException:
-            self._release()
+            if index is not None:
+                index.close()
+            if owner is not None:
+                owner.release()
+            lock.release()
             raise
+        return lock, owner, index
 
-    def _open_index(self) -> Index:
+    def _open_index(self, owner: dirlock.Owner) -> Index:
         try:
             index = Index(self.directory)
         except sqlite3.OperationalError:
             raise
         except sqlite3.DatabaseError as exc:
-            if self._others_alive():
+            if self._others_alive(owner):
                 raise
             log.warning("cache index %s is unreadable (%s); starting an empty cache",
                         os.path.join(self.directory, DB_NAME), exc)
@@ -162,9 +173,9 @@ class DiskStore:
                      self.directory)
         return index
 
-    def _others_alive(self) -> bool:
+    def _others_alive(self, owner: dirlock.Owner) -> bool:
         for token in dirlock.listed_tokens(self.directory):
-            if token == self._owner.token:
+            if token == owner.token:
                 continue
             claim = dirlock.claim_if_dead(self.directory, token)
             if claim is None:
@@ -172,8 +183,8 @@ class DiskStore:
             claim.abandon()
         return False
 
-    def _check_block_size(self, live: list[str]) -> None:
-        with self._index.write() as tx:
+    def _check_block_size(self, index: Index, live: list[str]) -> None:
+        with index.write() as tx:
             stored = tx.meta("block_size")
             if stored is not None and int(stored) != self.block_size:
                 if live:
@@ -187,13 +198,6 @@ class DiskStore:
                 tx.retire_everything()
             tx.set_meta("block_size", self.block_size)
 
-    def _release(self) -> None:
-        if self._index is not None:
-            self._index.close()
-        if self._owner is not None:
-            self._owner.release()
-        self._dirlock.release()
-
     def _reopen_if_replaced(self) -> None:
         """Recreate the cache if its directory was removed under us."""
         if not self._index.replaced():
@@ -203,19 +207,28 @@ class DiskStore:
                 return
             log.warning("cache directory %s vanished or was replaced; starting an empty cache",
                         self.directory)
-            self._release()
-            self._files.clear()
             self._layout.forget_shards()
-            self._open()
+            parts = self._open_parts()
+            old_lock, old_owner, old_index = self._dirlock, self._owner, self._index
+            self._dirlock, self._owner, self._index = parts
+            self._files.clear()
+            old_owner.release()
+            old_lock.release()
+            # Other threads may be inside a transaction on the old index:
+            # it is closed with the store, not now.
+            self._retired.append(old_index)
 
     # ------------------------------------------------------------------ lookups
     @property
     def max_bytes(self) -> int:
+        """The bound this store was opened with (``info()["max_bytes"]`` is
+        the one in force: the largest of the processes using the directory)."""
         return self._max
 
     @property
     def bytes_used(self) -> int:
         """Bytes of block files and reservations, all processes together."""
+        self._check_open()
         with self._index.read() as tx:
             return tx.used()
 
@@ -403,7 +416,8 @@ class DiskStore:
                     if touches:
                         tx.touch(touches)
                     present = tx.block(stored.fid, index) is not None
-                    fits = present or eviction.make_room(tx, self._layout, size, self._max)
+                    fits = present or eviction.make_room(tx, self._layout, size,
+                                                         tx.bound(self._max))
                     if fits and not present:
                         tx.reserve(stored.fid, index, size, token, time.time())
             except ValueError:
@@ -581,6 +595,7 @@ class DiskStore:
 
     def fingerprint_key(self, url: str) -> Optional[str]:
         """Fingerprint key of the stored version of ``url`` (None if unknown)."""
+        self._check_open()
         with self._index.read() as tx:
             stored = tx.file(url)
         return stored.key if stored is not None else None
@@ -589,6 +604,7 @@ class DiskStore:
                       fingerprint: Optional[FingerprintLike] = None) -> list[tuple[int, int]]:
         """Byte ranges of ``url``'s stored version present on disk; with
         ``fingerprint``, empty unless that is the stored version."""
+        self._check_open()
         with self._index.read() as tx:
             stored = tx.file(url)
             if stored is None or stored.size is None:
@@ -603,6 +619,7 @@ class DiskStore:
     def drop_file(self, url: str) -> int:
         """Delete every block of ``url``; returns how many were deleted.
         A pin on the URL survives."""
+        self._check_open()
         marks = self._take_marks()
         try:
             with self._index.write() as tx:
@@ -639,19 +656,22 @@ class DiskStore:
                 if pinned:
                     tx.save_file(Stored(url, tx.new_fid(), None, None, pinned=True))
                 return
-            if stored.pinned != pinned:
-                tx.save_file(dataclasses.replace(stored, pinned=pinned))
-                if not pinned:
-                    eviction.make_room(tx, self._layout, 0, self._max)
+            if stored.pinned == pinned:
+                return
+            tx.save_file(dataclasses.replace(stored, pinned=pinned))
+        if not pinned:
+            eviction.trim(self._index, self._layout, lambda tx: tx.bound(self._max))
 
     def pinned(self) -> list[str]:
         """URLs currently pinned."""
+        self._check_open()
         with self._index.read() as tx:
             return [s.url for s in tx.files(pinned_only=True)]
 
     def files(self) -> list[dict]:
         """One record per file with blocks or a pin, by URL: ``url``,
         ``size`` (None if unknown), ``cached`` (bytes present) and ``pinned``."""
+        self._check_open()
         with self._index.read() as tx:
             rows = tx.file_usage()
         return [{"url": url, "size": size,
@@ -660,19 +680,27 @@ class DiskStore:
                 for url, size, pinned, count, total in rows if count or pinned]
 
     def info(self) -> dict:
-        """Usage summary: ``bytes_used``, ``max_bytes``, ``files`` (with at
+        """Usage summary: ``bytes_used``, ``max_bytes`` (the bound in
+        force), ``own_max_bytes`` (this store's), ``files`` (with at
         least one block), ``blocks``, ``pinned_files``, ``pinned_bytes``,
         ``reserved_bytes`` (blocks being written), ``processes`` (using the
         directory now), ``directory``, ``writes_enabled``, ``busy_misses``
-        (lookups that gave up waiting for a busy index)."""
-        if not self._closed:
-            try:
-                self.flush()
-                self._check_suspects()
-            except sqlite3.Error as exc:
-                log.debug("cannot save finished writes now (%s)", exc)
+        (lookups that gave up waiting for a busy index).
+
+        Raises
+        ------
+        ValueError
+            After :meth:`close` (as do the other queries of the index).
+        """
+        self._check_open()
+        try:
+            self.flush()
+            self._check_suspects()
+        except sqlite3.Error as exc:
+            log.debug("cannot save finished writes now (%s)", exc)
         with self._index.read() as tx:
             data = tx.summary()
+            bound = tx.bound(self._max)
         others = 0
         for token in dirlock.listed_tokens(self.directory):
             if token != self._owner.token:
@@ -684,8 +712,9 @@ class DiskStore:
         data.update({
             "busy_misses": self.busy_misses,
             "directory": self.directory,
-            "max_bytes": self._max,
-            "processes": others + (0 if self._closed else 1),
+            "max_bytes": bound,
+            "own_max_bytes": self._max,
+            "processes": others + 1,
             "writes_enabled": time.monotonic() >= self._writes_off_until,
         })
         return data
@@ -693,6 +722,7 @@ class DiskStore:
     def clear(self) -> None:
         """Delete every block (pins are kept; blocks being written are
         deleted by their writers when they finish)."""
+        self._check_open()
         marks = self._take_marks()
         try:
             with self._index.write() as tx:
@@ -729,12 +759,17 @@ class DiskStore:
         try:
             self.flush()
             with self._index.write() as tx:   # writes that did not finish in time
-                for fid, idx in tx.reserved_by(self._owner.token):
+                for fid, idx, _size in tx.reserved_by(self._owner.token):
                     blockfile.remove(self._layout.path(fid, idx))
                     tx.delete_block(fid, idx)
+                tx.unregister(self._owner.token)
         except (sqlite3.Error, OSError) as exc:
             log.debug("disk cache %s: closing without saving (%s)", self.directory, exc)
-        self._release()
+        for index in self._retired:
+            index.close()
+        self._index.close()
+        self._owner.release()
+        self._dirlock.release()
 
     def __enter__(self) -> "DiskStore":
         return self
