@@ -13,6 +13,7 @@ libfuse 3 even where libfuse 2 is installed too.
 from __future__ import annotations
 
 import ctypes.util
+import errno
 import logging
 import os
 import shutil
@@ -47,6 +48,13 @@ def check_mountpoint(mountpoint: str, nonempty: bool = False) -> str:
         would hide) and ``nonempty`` is false.
     """
     path = os.path.abspath(mountpoint)
+    try:
+        os.stat(path)
+    except OSError as exc:
+        if exc.errno == errno.ENOTCONN:
+            # What a daemon that died leaves behind; nothing mounts over it.
+            raise MountError(f"{mountpoint} is a dead FUSE mount (its daemon ended); detach "
+                             f"it with: fusermount3 -u -z {mountpoint}") from None
     if not os.path.isdir(path):
         raise InvalidInput(f"mount point {mountpoint} is not a directory (create it with mkdir -p)")
     if os.path.ismount(path):
