@@ -17,6 +17,7 @@ import pytest
 import tifffile
 from click.testing import CliRunner
 from support.archive import env_for
+from support.mounting import mounted, requires_fuse
 
 import empiarfs
 from empiarfs.archive_server import ArchiveServer
@@ -228,6 +229,30 @@ def test_local_bz2_keeps_its_index_by_path_and_mtime(bz2_archive, tmp_path):
                                       bz2_archive.stack[[0, 20]])
     finally:
         api.configure()
+
+
+@requires_fuse
+def test_through_a_mount_the_index_is_shared_with_empiar_paths(bz2_archive, settings_for,
+                                                                tmp_path):
+    # Read on a mount, the index is keyed by the archive URL and version
+    # (from the mount's xattr and stat), so empiar:// reads and `cache
+    # prefetch --index` find the same one. The reads run in this process,
+    # which also runs the server the mount asks: the bz2 reader must not hold
+    # the GIL while the mount waits for that server.
+    settings = settings_for(bz2_archive, tmp_path / "mount")
+    api.configure(cache_dir=str(tmp_path / "api"))
+    try:
+        with mounted(settings, tmp_path / "mnt") as mnt:
+            got = empiarfs.load(os.path.join(mnt, MRCS), frames=[39, 2])
+            pages = empiarfs.load(os.path.join(mnt, TIFF), frames=[30, 1])
+    finally:
+        api.configure()
+    np.testing.assert_array_equal(got, bz2_archive.stack[[39, 2]])
+    np.testing.assert_array_equal(pages, bz2_archive.movie[[30, 1]])
+    with new_fs(bz2_archive, tmp_path, settings_for) as fs:
+        node = fs.stat(MRCS)
+        key = key_for_remote(node.info.url, node.info.fingerprint.key())
+    assert decode_offsets(IndexStore.in_cache_dir(str(tmp_path / "api")).load_index(key))
 
 
 def test_random_bz2_matches_the_stream_anywhere(bz2_archive, tmp_path):

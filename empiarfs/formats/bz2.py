@@ -23,6 +23,7 @@ readers (no index, standard library only).
 from __future__ import annotations
 
 import bz2 as _bz2
+import io
 import logging
 import os
 import shutil
@@ -158,6 +159,7 @@ def build_index(fileobj, *, parallelization: Optional[int] = None,
         If ``indexed_bzip2`` is not installed.
     """
     ib = _module()
+    fileobj = _without_fileno(fileobj)
     fileobj.seek(0)
     try:
         reader = ib.IndexedBzip2File(fileobj, parallelization=parallelization or parallelism())
@@ -212,6 +214,7 @@ class RandomBz2:
                  name: str = "<stream>"):
         ib = _module()
         self.name = name
+        fileobj = _without_fileno(fileobj)
         self._raw = fileobj
         self._store = store if key else None
         self._key = key
@@ -273,6 +276,49 @@ class RandomBz2:
         # A failed read (a corrupt file, an interrupt) is no time to finish
         # decompressing the rest of the file.
         self.close(keep_index=exc_type is None)
+
+
+class _NoFileno(io.RawIOBase):
+    """A file seen without its descriptor. Given a real file, indexed_bzip2
+    reads the descriptor itself and holds the GIL while it waits; on a mount
+    that wait is network time, and every other thread of the process (a
+    data loader's, or the archive server a test runs) would stop with it.
+    Through Python's own reads the GIL is released while the kernel works."""
+
+    def __init__(self, raw):
+        super().__init__()
+        self._raw = raw
+        self.name = getattr(raw, "name", "<stream>")
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def readinto(self, buffer) -> int:
+        return self._raw.readinto(buffer)
+
+    def read(self, size: int = -1) -> bytes:
+        return self._raw.read(size)
+
+    def seek(self, offset: int, whence: int = os.SEEK_SET) -> int:
+        return self._raw.seek(offset, whence)
+
+    def tell(self) -> int:
+        return self._raw.tell()
+
+    def close(self) -> None:
+        # The wrapped file belongs to the caller.
+        super().close()
+
+
+def _without_fileno(fileobj):
+    try:
+        fileobj.fileno()
+    except (AttributeError, OSError, ValueError):
+        return fileobj
+    return _NoFileno(fileobj)
 
 
 class _Checked:
