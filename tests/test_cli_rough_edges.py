@@ -156,6 +156,22 @@ def test_progress_follows_bytes_as_they_arrive(settings, faults, tmp_path):
     assert all(" of 1.5 MiB " in line and "+" not in line for line in drawn), drawn
 
 
+def test_progress_totals_count_each_file_once():
+    from empiarfs.tools.download import FileResult, Target
+
+    progress = DownloadProgress(stream=io.StringIO(), tty=False)
+    a, b, c = (Target("EMPIAR-1", name, "http://h/" + name, hint)
+               for name, hint in (("a", 1000), ("b", 2000), ("c", -1)))
+    progress.planned(3, 3000, unknown=1)
+    assert progress.lines()[0].startswith("[0/3 files] 0 B of 2.9 KiB+ ")
+    progress.started(a, 1100, 0)          # the exact size replaces the hint
+    progress.advanced(a, 500)
+    progress.started(a, 1100, 400)        # a second attempt (FTP -> HTTPS) finds 400 kept
+    progress.started(c, 50, 0)            # no file of unknown size is left: no '+'
+    progress.finished(FileResult(b, None, "failed", error="gone"))  # failed before it began
+    assert progress.lines()[0].startswith("[1/3 files] 400 B of 1.1 KiB ")
+
+
 def test_downloads_keep_the_archive_mtime(run, manifest, tmp_path):
     out = tmp_path / "out"
     result = run("get", "10002", "--glob", "data/10[23]_*", "--glob", "*.xml", "-o", str(out))

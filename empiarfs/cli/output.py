@@ -128,6 +128,14 @@ class DownloadProgress(Listener):
 
     def started(self, target, size, present):
         with self._lock:
+            again = self._files.get(target.label)
+            if again is not None:
+                # Another attempt at the same file (it changed and restarts,
+                # or FTP broke off and HTTPS goes on): counted once.
+                self._total += size - again[0]
+                self._done += present - again[1]
+                again[:] = [size, present, time.monotonic(), present]
+                return
             self._files[target.label] = [size, present, time.monotonic(), present]
             hint = getattr(target, "size_hint", -1)
             if hint is None or hint < 0:
