@@ -208,6 +208,19 @@ def test_get_via_ftp_resumes_with_rest(run, archive_server, manifest, sample_roo
     summary = json.loads(resumed.output)
     assert summary["resumed"] == 1 and summary["bytes_fetched"] == len(original) - half
     assert sha(out / "EMPIAR-10002" / rel) == truth(manifest, rel)["sha256"]
+    # A .part of another version of the file (another size) is not
+    # resumed over FTP either: it starts over.
+    rel = "data/106_movie_gc.mrcs"
+    part = out / "EMPIAR-10002" / (rel + ".part")
+    part.write_bytes(b"\xff" * 1000)
+    (out / "EMPIAR-10002" / (rel + ".part.json")).write_text(json.dumps({
+        "version": 1, "url": f"{archive_server.data_url}/10002/{rel}",
+        "fingerprint": {"size": 1000, "etag": None, "last_modified": None},
+        "done": [[0, 1000]]}))
+    fresh = json.loads(run("get", f"10002/{rel}", "-o", str(out), "--via", "ftp",
+                           "--json").output)
+    assert fresh["downloaded"] == 1 and fresh["bytes_fetched"] == truth(manifest, rel)["size"]
+    assert sha(out / "EMPIAR-10002" / rel) == truth(manifest, rel)["sha256"]
 
 
 def test_get_via_auto_falls_back_to_https_when_ftp_is_blocked(run, manifest, tmp_path):

@@ -56,7 +56,6 @@ from empiarfs.errors import (
     BadResponse,
     EmpiarfsError,
     InvalidInput,
-    NotFound,
     RemoteError,
     StaleFile,
 )
@@ -605,7 +604,10 @@ class Downloader:
         try:
             size, mtime = self.ftp.stat(target.ftp_url)
         except RemoteError as exc:
-            if self.via == "auto" and not isinstance(exc, NotFound):
+            # Under auto a file FTP cannot give (blocked, broken, or absent
+            # from a mirror's FTP tree) is asked of HTTPS, which has the
+            # last word.
+            if self.via == "auto":
                 raise _FtpFailed(exc) from exc
             raise
         # An epoch number: the version rule compares it with nothing but
@@ -814,7 +816,7 @@ class Downloader:
         except StaleFile:
             raise
         except RemoteError as exc:
-            if self.via == "auto" and not isinstance(exc, NotFound):
+            if self.via == "auto":
                 raise _FtpFailed(exc) from exc
             raise
         if (size, mtime) != (remote.fingerprint.size, remote.mtime):
