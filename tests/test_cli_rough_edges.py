@@ -303,9 +303,10 @@ def test_info_and_ls_answer_from_the_metadata_cache(run, settings, tmp_path):
     assert time.monotonic() - began < 2
     assert info.exit_code == 0 and "EMPIAR-10002: Cryo-EM movies" in info.output
     assert listing.exit_code == 0 and "100_movie_gc.mrcs" in listing.output
-    missing = run("ls", "10943", "--offline", env_extra=down)
-    assert missing.exit_code == 1
-    one_line_error(missing, "EMPIAR-10943", "not in the metadata cache", "--offline")
+    for args in (("ls", "10943"), ("ls", "10943/data", "-R"), ("info", "10943")):
+        missing = run(*args, "--offline", env_extra=down)
+        assert missing.exit_code == 1
+        one_line_error(missing, "EMPIAR-10943", "not in the metadata cache", "--offline")
     # Without --offline, once the cached copy is stale: the archive is
     # asked, is down, and the cached copy is shown with a warning.
     env = {**os.environ, **env_for(settings), **down, "EMPIARFS_METADATA_TTL": "0.001",

@@ -92,10 +92,12 @@ class CachedArchive:
         except RemoteError as exc:
             if not self.settings.offline:
                 raise
+            # Not NotFound: the archive may well have it (and walk() would
+            # turn NotFound into "no such file").
             what = "/".join(p for p in (accession, relpath) if p) or "the list of entries"
-            raise NotFound(f"{what} is not in the metadata cache ({self.settings.cache_dir}); "
-                           "run once without --offline", accession=accession,
-                           path=relpath) from exc
+            raise RemoteError(f"{what} is not in the metadata cache "
+                              f"({self.settings.cache_dir}); run once without --offline") \
+                from exc
 
     def close(self):
         self.archive.close()
