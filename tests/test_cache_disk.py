@@ -333,12 +333,24 @@ def test_blocks_of_a_process_that_exited_without_closing_are_kept(tmp_path):
 
 
 def test_directory_removed_while_running(store):
+    from empiarfs.cache.disk import store as store_module
+
     store.put(URL, FP, 0, payload(0))
     shutil.rmtree(store.directory)
     assert store.get(URL, FP, 0) is None              # no crash, just missing
-    assert store.put(URL, FP, 1, payload(1))          # cache recreated
+    assert store.put(URL, FP, 1, payload(1))          # cache made again at once
     assert store.get(URL, FP, 1) == payload(1)
     assert os.path.exists(os.path.join(store.directory, "index.sqlite"))
+    assert store.info()["writes_enabled"] and store.bytes_used == BS + HEADER
+    # Emptied but still there: a removal may be going on; writes pause.
+    for name in os.listdir(store.directory):
+        path = os.path.join(store.directory, name)
+        shutil.rmtree(path) if os.path.isdir(path) else os.unlink(path)
+    assert store.put(URL, FP, 2, payload(2)) is False
+    assert os.listdir(store.directory) == []
+    time.sleep(store_module.REOPEN_PAUSE)
+    assert store.put(URL, FP, 2, payload(2))          # then it is made again
+    assert store.get(URL, FP, 2) == payload(2)
 
 
 def test_unwritable_store_keeps_working(tmp_path, monkeypatch):

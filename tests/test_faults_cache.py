@@ -161,14 +161,17 @@ def test_cache_directory_removed_under_a_running_mount(settings, sample_root, tm
     assert "Traceback" not in log, log[-3000:]
 
 
-def test_second_daemon_on_the_same_cache_refuses_naming_the_pid(settings, tmp_path):
+def test_second_daemon_with_another_block_size_refuses_naming_the_pid(settings, tmp_path):
+    # A second daemon on the same cache shares it (issue 14), unless its
+    # blocks are another size.
     with mounted(settings, tmp_path / "mnt1") as m:
         os.listdir(m)
         first = owner_pid(settings.cache_dir)
         second_mnt = tmp_path / "mnt2"
         second_mnt.mkdir()
+        other = settings.replace(block_size=2 * settings.block_size)
         try:
-            result = subprocess.run([EMPIARFS, "mount", "-f", str(second_mnt), *mount_args(settings)],
+            result = subprocess.run([EMPIARFS, "mount", "-f", str(second_mnt), *mount_args(other)],
                                     capture_output=True, text=True, timeout=30)
         finally:
             unmount(second_mnt)

@@ -447,13 +447,21 @@ def test_fuse_library_path_is_respected(settings, tmp_path):
         assert not os.path.ismount(mnt)
 
 
-def test_second_mount_on_the_same_cache_is_one_line(settings, tmp_path):
-    with mounted(settings, tmp_path / "first"):
+def test_second_mount_shares_the_cache_but_another_block_size_is_one_line(settings, tmp_path):
+    # The disk cache is shared by every process on a node (issue 14), so a
+    # second mount on it works; one with another block size cannot share it.
+    with mounted(settings, tmp_path / "first") as first, \
+            mounted(settings, tmp_path / "shared") as shared:
+        assert sorted(os.listdir(first)) == sorted(os.listdir(shared))
         second = tmp_path / "second"
         second.mkdir()
+        other = settings.replace(block_size=2 * settings.block_size)
         for foreground in ((), ("-f",)):
-            result = _cli("mount", *foreground, str(second), *mount_args(settings))
-            _one_error(result, "is in use by process")
+            try:
+                result = _cli("mount", *foreground, str(second), *mount_args(other))
+            finally:
+                unmount(second)
+            _one_error(result, "is in use by process", "block size")
             assert not os.path.ismount(second)
 
 

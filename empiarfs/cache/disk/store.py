@@ -60,6 +60,11 @@ FLUSH_EVERY = 0.5
 REAP_EVERY = 2.0
 # Missed lookups of known files remembered for the flusher to check, at most.
 MAX_SUSPECTS = 4096
+# When the index vanishes but the directory is still there (someone is
+# removing it), writes pause this long before it is made again: recreating
+# it at once would make the removal fail. A directory already gone is made
+# again at once.
+REOPEN_PAUSE = 1.0
 # close() waits this long for writes in flight.
 CLOSE_WAIT = 5.0
 
@@ -112,6 +117,7 @@ class DiskStore:
         self._flusher: Optional[threading.Thread] = None
         self._wake = threading.Event()
         self._retired: list[Index] = []   # indexes of a directory removed under us
+        self._gone_since: Optional[float] = None
         self._open()
 
     # ------------------------------------------------------------------ opening
@@ -198,13 +204,21 @@ class DiskStore:
                 tx.retire_everything()
             tx.set_meta("block_size", self.block_size)
 
-    def _reopen_if_replaced(self) -> None:
-        """Recreate the cache if its directory was removed under us."""
+    def _reopen_if_replaced(self) -> bool:
+        """Recreate the cache if its directory was removed under us (at
+        once, or after REOPEN_PAUSE if the removal may still be going on);
+        False while writes must wait."""
         if not self._index.replaced():
-            return
+            self._gone_since = None
+            return True
         with self._reopen_lock:
             if not self._index.replaced():
-                return
+                return True
+            now = time.monotonic()
+            if self._gone_since is None:
+                self._gone_since = now
+            if now - self._gone_since < REOPEN_PAUSE and os.path.isdir(self.directory):
+                return False
             log.warning("cache directory %s vanished or was replaced; starting an empty cache",
                         self.directory)
             self._layout.forget_shards()
@@ -217,6 +231,8 @@ class DiskStore:
             # Other threads may be inside a transaction on the old index:
             # it is closed with the store, not now.
             self._retired.append(old_index)
+            self._gone_since = None
+            return True
 
     # ------------------------------------------------------------------ lookups
     @property
@@ -398,7 +414,8 @@ class DiskStore:
     def _put(self, url: str, fingerprint: FingerprintLike, index: int, data: bytes) -> bool:
         size = blockfile.file_size(len(data))
         try:
-            self._reopen_if_replaced()
+            if not self._reopen_if_replaced():
+                return False
         except (OSError, sqlite3.Error) as exc:
             self._writes_failed(exc)
             return False
