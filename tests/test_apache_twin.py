@@ -2,7 +2,7 @@
 
 Normalised before comparing, and why:
 * the DOCTYPE line: this Apache (2.4.5x+) writes HTML 4.01, the older 2.4
-  build at ftp.ebi.ac.uk writes HTML 3.2 (docs/empiar.md), which the
+  build at ftp.ebi.ac.uk writes HTML 3.2 (docs/empiar.md §4.1), which the
   project server reproduces; the rest of the page must match byte for byte.
 """
 

@@ -37,7 +37,7 @@ REAL_EXAMPLES = sorted((REFERENCE / "empiar").glob("bia-integrator_override_*.js
 NO_SHARED = f"{REFERENCE} is absent (shared reference tree not mounted)"
 
 # An API-shaped record with everything deposition needs (written for this
-# test, modelled on the API fields documented in docs/empiar.md).
+# test, modelled on the API fields documented in docs/empiar.md §2.1).
 FULL_ENTRY = {
     "EMPIAR-99001": {
         "title": "Cryo-EM of a test complex in two imagesets",

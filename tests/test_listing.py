@@ -16,7 +16,7 @@ from empiarfs.remote.listing import (
 
 BASE = "https://ftp.ebi.ac.uk/empiar/world_availability/10002/data/"
 
-# Modelled on docs/empiar.md (Apache 2.4 mod_autoindex, HTMLTable).
+# Modelled on docs/empiar.md §4.1-4.2 (Apache 2.4 mod_autoindex, HTMLTable).
 APACHE_HEAD = """<!DOCTYPE HTML PUBLIC "-//W3C//DTD HTML 3.2 Final//EN">
 <html>
  <head>

@@ -127,7 +127,7 @@ def test_clean_directory(value, expected):
 
 def test_real_shaped_fixtures():
     """The bia-integrator fixtures modelled on real API answers
-    (docs/empiar.md) all parse."""
+    (docs/empiar.md §2.1) all parse."""
     names = [n for n in os.listdir(REFERENCE) if n.startswith("bia-integrator_override_")] \
         if os.path.isdir(REFERENCE) else []
     if not names:

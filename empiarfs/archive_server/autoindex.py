@@ -1,7 +1,7 @@
 """Apache 2.4 ``mod_autoindex`` pages as ftp.ebi.ac.uk serves them.
 
 FancyIndexing + HTMLTable + ``NameWidth=*``, HTML 3.2 DOCTYPE (the markup of
-the Apache 2.4 build behind ftp.ebi.ac.uk, docs/empiar.md), ``?C=N;O=D``
+the Apache 2.4 build behind ftp.ebi.ac.uk, docs/empiar.md §4.1), ``?C=N;O=D``
 sort links, absolute Parent Directory href, dates in server local time with
 minute resolution, sizes by a port of ``apr_strfsize``. Names are escaped
 like ``ap_os_escape_path`` (lowercase hex, ``./`` before a name whose first

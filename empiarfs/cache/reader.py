@@ -296,7 +296,7 @@ class BlockReader:
     def _urgent_request_size(self, blocks: int) -> int:
         """Request size for a read's own missing blocks: a large read is
         split over up to URGENT_PIECES connections (one EMPIAR connection
-        is slow, docs/empiar.md), in pieces of at least MIN_URGENT_PIECE
+        is slow, docs/empiar.md §6.1), in pieces of at least MIN_URGENT_PIECE
         (every request may stall, and the read waits for all of them)."""
         share = -(-blocks // URGENT_PIECES) * self._bs
         return max(self._bs, min(self.settings.max_request, max(MIN_URGENT_PIECE, share)))

@@ -2,7 +2,7 @@
 
 Patterns are matched against paths *relative to the entry root*
 (``data/a b/x.mrcs``), never against URLs (the EMPIARreader pitfall,
-docs/empiar.md, where ``*.mrc`` had to be written ``.*\\.mrc``).
+docs/empiar.md §7, where ``*.mrc`` had to be written ``.*\\.mrc``).
 
 Glob semantics (documented in the CLI help):
 

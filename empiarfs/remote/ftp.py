@@ -1,5 +1,5 @@
 """Anonymous FTP: exact sizes and modification times of one directory by
-``MLSD`` (the HTTP listing only has rounded sizes; docs/empiar.md), and
+``MLSD`` (the HTTP listing only has rounded sizes; docs/empiar.md §5.3), and
 downloads by ``RETR`` resumed with ``REST`` (how EMPIARreader's users
 download; ``empiarfs get --via ftp``).
 

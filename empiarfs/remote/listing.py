@@ -1,6 +1,6 @@
 """Parse HTML directory listings (autoindex pages) into rows.
 
-Three shapes are understood (docs/empiar.md):
+Three shapes are understood (docs/empiar.md §4.1-4.2):
 
 * Apache ``mod_autoindex`` as ftp.ebi.ac.uk serves it: an HTML table with
   ``?C=`` sort links, an absolute Parent Directory link, a

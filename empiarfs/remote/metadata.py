@@ -1,6 +1,6 @@
 """Parse the EMPIAR entry API's JSON into :mod:`empiarfs.model` values.
 
-Tolerant by design (see docs/empiar.md): numbers may come as
+Tolerant by design (see docs/empiar.md §2.1-2.3): numbers may come as
 strings, any field may be null or missing, ``directory`` may start with
 ``/``, cross references may be strings or ``{"name": ...}`` objects and
 ``imagesets`` may even be a dict. Wrong types never raise; they become

@@ -1,6 +1,6 @@
 """A local search index of entry metadata.
 
-EMPIAR's API has no search and no list-all endpoint (docs/empiar.md
+EMPIAR's API has no search and no list-all endpoint (docs/empiar.md §1.3
 §1.2), so ``empiarfs index update`` fetches entries with the batch POST
 (chunks of at most 500) and keeps one small record per entry in a JSON
 file under the cache directory; ``empiarfs search`` reads only that file.
@@ -30,7 +30,7 @@ log = logging.getLogger(__name__)
 
 INDEX_FILE = "search-index.json"
 INDEX_VERSION = 1
-#: Largest batch POST, as the NDE crawler does (docs/empiar.md).
+#: Largest batch POST, as the NDE crawler does (docs/empiar.md §1.3).
 CHUNK = 500
 
 
