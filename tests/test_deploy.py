@@ -158,8 +158,8 @@ def test_mount_t_fuse_empiarfs_and_an_fstab_line(archive_server, settings_for, m
         done = subprocess.run(["mount", "--fstab", str(fstab), str(mnt)],
                               capture_output=True, text=True, timeout=60)
         assert done.returncode == 0, done.stderr
-        assert sorted(os.listdir(mnt / "EMPIAR-10002")) == [
-            "10002.xml", "README.txt", "data", "entry.json", "imagesets", "lambda-ber.yaml"]
+        assert {"10002.xml", "data", "entry.json", "imagesets"} <= set(
+            os.listdir(mnt / "EMPIAR-10002"))
         assert subprocess.run(["umount", str(mnt)], timeout=30).returncode == 0
         wait_for(lambda: not is_mounted(mnt), what="unmount")
 
