@@ -199,8 +199,26 @@ def info(ctx, accession, as_json, offline, cache_dir, api_url, data_url, ftp_url
                  _pixel(s), s.directory) for s in entry.imagesets]
         click.echo(table(rows, ["IMAGE SET", "CATEGORY", "FORMAT", "COUNT", "FRAMES",
                                 "PIXEL", "DIRECTORY"], right=(3, 4)))
+        _echo_previews(entry)
     click.echo(f"\nFiles: empiarfs ls {entry.accession} -R    "
                f"Download: empiarfs get {entry.accession} -o DIR")
+
+
+def _echo_previews(entry) -> None:
+    """Where a mount shows each image set's picture (mount-relative: this
+    command has no mount), and the command that writes the same picture."""
+    import shlex
+
+    from empiarfs.namespace.catalog import imageset_names, preview_path
+
+    shown = [(name, s) for name, s in imageset_names(entry).items() if s.directory]
+    if not shown:
+        return
+    click.echo("\nPreviews, under a mount point (or made by the command below each):")
+    for name, imageset in shown:
+        click.echo(f"  {preview_path(entry.accession, name)}")
+        source = shlex.quote(f"{entry.accession}/{imageset.directory}")
+        click.echo(f"      empiarfs preview {source} -o {shlex.quote(name + '.png')}")
 
 
 def _file_dict(info, accession) -> dict:

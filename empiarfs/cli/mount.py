@@ -62,6 +62,14 @@ def _settings(ctx, options=(), **kw):
     return settings_from(ctx.obj, **{**from_o, **named}), flags
 
 
+def _preview_png(fs, directory):
+    """The mount's ``previews/*.png`` renderer, imported on first use (numpy,
+    Pillow): the namespace may not import tools/, so it is injected here."""
+    from empiarfs.tools.preview import imageset_png
+
+    return imageset_png(fs, directory)
+
+
 def _serve_mount(settings, mountpoint, foreground, debug, before=None, source=None,
                  nonempty=False):
     """Mount in this process (foreground) or in a detached child."""
@@ -84,7 +92,7 @@ def _serve_mount(settings, mountpoint, foreground, debug, before=None, source=No
         # Built before FUSE starts (this process is already the detached
         # child): a cache owned by another daemon is refused here with a
         # clear CacheLocked message. No thread starts until the first read.
-        fs = EmpiarFS(settings_now)
+        fs = EmpiarFS(settings_now, previewer=_preview_png)
         try:
             run_fuse(lambda: fs, mountpoint, settings_now, foreground_debug=debug)
         finally:

@@ -13,6 +13,7 @@ libfuse 2.
 
 from __future__ import annotations
 
+import ctypes
 import errno
 import functools
 import logging
@@ -233,10 +234,21 @@ class EmpiarOperations(mfusepy.Operations):
         if node.is_dir:
             raise mfusepy.FuseOSError(errno.EISDIR)
         if node.kind == "virtual":
-            # Generated once per open so every reader sees a whole snapshot.
-            node = _Snapshot(node, self.fs.read_node(node, 0, max(node.size, 1 << 20)))
-            if node.dynamic:
+            # Generated once per open so every reader sees a whole snapshot
+            # (a preview is rendered here, on its first open, not in getattr).
+            seen = node.size
+            node = _Snapshot(node, self.fs.read_node(node, 0, 1 << 62))   # all of it
+            if node.dynamic or node.node.preview is not None:
+                # The size getattr gave may be stale (stats) or 0 (a preview
+                # not yet rendered): with direct I/O the kernel passes reads
+                # through to EOF instead of cutting them at that size.
                 fi.direct_io = 1
+            if node.node.preview is not None and len(node.data) != seen:
+                # Just rendered: the kernel may hold size 0 for attr_timeout,
+                # and sendfile/splice (shutil.copyfile) stop at the size the
+                # kernel holds, direct I/O or not. Drop it now, before this
+                # open returns, so the opener's fstat() sees the real size.
+                _invalidate_attrs(path)
         with self._handle_lock:
             number = self._next_handle
             self._next_handle += 1
@@ -273,6 +285,27 @@ class EmpiarOperations(mfusepy.Operations):
     # Every write operation: the archive is read-only.
     write = create = truncate = unlink = mkdir = rmdir = rename = symlink = link = \
         chmod = chown = utimens = setxattr = removexattr = mknod = fallocate = _read_only
+
+
+def _invalidate_attrs(path: str) -> None:
+    """Make the kernel ask for ``path``'s attributes again (libfuse's
+    ``fuse_invalidate_path``, libfuse >= 3.1; called from a FUSE handler
+    thread, which is where libfuse's context names the session). Best
+    effort: without it the size shows up after ``attr_timeout``."""
+    lib = getattr(mfusepy, "_libfuse", None)
+    invalidate = getattr(lib, "fuse_invalidate_path", None)
+    if invalidate is None:
+        return
+    try:
+        context = lib.fuse_get_context()
+        session = context.contents.fuse if context else None
+        if not session:
+            return
+        invalidate.argtypes = [ctypes.c_void_p, ctypes.c_char_p]
+        invalidate.restype = ctypes.c_int
+        invalidate(ctypes.c_void_p(session), os.fsencode(path))
+    except (AttributeError, ValueError, OSError) as exc:
+        log.debug("cannot invalidate the attributes of %s: %s", path, exc)
 
 
 class _Handle:

@@ -9,6 +9,7 @@ Layout (paths relative to the mount point)::
         README.txt                 a human summary (virtual)
         lambda-ber.yaml            a lambda-ber Dataset record (virtual)
         imagesets/<name> -> ../data/...   one symlink per image set
+        previews/<name>.png        a picture of each image set (mounts only, below)
     .empiarfs/stats.json           live counters (virtual, dynamic)
 
 Listings and entry records come from :mod:`empiarfs.remote.archive` once, are kept
@@ -18,12 +19,26 @@ survive remounts; when the archive is unreachable, stale values are served.
 The virtual files are rendered by :mod:`empiarfs.namespace.virtual`; values are
 fetched once and kept fresh or stale by :class:`~empiarfs.namespace.metastore.FreshOrStale`.
 
-Lock order: ``_memo_lock`` is a leaf guarding the parsed-entry memo.
+Previews sit in their own ``previews/`` folder beside ``imagesets/``, named
+as the image-set links plus ``.png``: the links point into the archive's own
+tree, and a virtual name inside them would be a name the archive does not
+have. They exist only when a renderer is injected (the mount passes the one
+of :mod:`empiarfs.tools.preview`, a layer above this one); each is the
+picture ``empiarfs preview EMPIAR-N/<image-set directory>`` makes, rendered
+on first open and kept (:class:`~empiarfs.namespace.virtual.Previews`),
+keyed by entry, directory and a digest of the entry record, so an updated
+record is rendered afresh. Until rendered its size is reported as 0 (then
+the rendered size): listing and ``stat`` never render, and the mount opens
+previews with direct I/O so readers read to EOF whatever size they saw.
+
+Lock order: ``_memo_lock`` is a leaf guarding the parsed-entry memos.
 """
 
 from __future__ import annotations
 
 import calendar
+import hashlib
+import json
 import logging
 import threading
 import time
@@ -33,9 +48,9 @@ from typing import Callable, Optional
 import cachetools
 
 from empiarfs.errors import EmpiarfsError, InvalidInput, NotFound, RemoteError
-from empiarfs.model import Entry, FileInfo
+from empiarfs.model import Entry, FileInfo, ImageSet
 from empiarfs.namespace.metastore import FreshOrStale, MetaStore
-from empiarfs.namespace.virtual import ENTRY_FILES, VirtualFiles, render_stats
+from empiarfs.namespace.virtual import ENTRY_FILES, Previews, VirtualFiles, render_stats
 from empiarfs.paths import path_parts
 from empiarfs.remote import accession as accessions
 from empiarfs.remote.metadata import parse_entry
@@ -45,6 +60,8 @@ log = logging.getLogger(__name__)
 CONTROL_DIR = ".empiarfs"
 STATS_FILE = "stats.json"
 IMAGESETS = "imagesets"
+PREVIEWS = "previews"
+PREVIEW_SUFFIX = ".png"
 # Unknown entries are looked up again after this long.
 NEGATIVE_TTL = 60.0
 
@@ -63,6 +80,7 @@ class Node:
     target: Optional[str] = None     # links
     dynamic: bool = False            # virtual content that changes on every read
     accession: Optional[str] = None
+    preview: Optional[str] = None    # previews: the image-set directory shown (entry-relative)
 
     @property
     def is_dir(self) -> bool:
@@ -73,7 +91,8 @@ class Catalog:
     """Answers ``lookup``/``listdir``/``content`` for mount paths."""
 
     def __init__(self, settings, archive, store: MetaStore,
-                 stats_provider: Callable[[], dict] | None = None):
+                 stats_provider: Callable[[], dict] | None = None,
+                 render_preview: Callable[[str], bytes] | None = None):
         self.settings = settings
         self.archive = archive
         self.store = store
@@ -87,6 +106,9 @@ class Catalog:
         self._known: set[str] = set()
         self._accession_set: tuple = (None, frozenset())
         self._parsed = cachetools.LRUCache(maxsize=256)
+        self._versions = cachetools.LRUCache(maxsize=256)
+        # render_preview(directory) -> PNG bytes; no previews/ folders without it.
+        self._previews = Previews(render_preview) if render_preview is not None else None
 
     @property
     def settings(self):
@@ -129,6 +151,10 @@ class Catalog:
             if len(parts) == 3:
                 return self._imageset_links(acc).get(parts[2])
             return None
+        if parts[1] == PREVIEWS and self._previews is not None and self._has_entry_record(acc):
+            if len(parts) == 3:
+                return self._preview_nodes(acc).get(parts[2])
+            return None
         return self._remote_lookup(acc, parts[1:])
 
     def listdir(self, path: str) -> list[Node]:
@@ -155,21 +181,35 @@ class Catalog:
             children = self._remote_children(acc, "")
             if self._has_entry_record(acc):
                 children += [n for n in (self._entry_virtual(acc, name)
-                                         for name in (*ENTRY_FILES, IMAGESETS))
+                                         for name in (*ENTRY_FILES, IMAGESETS, PREVIEWS))
                              if n is not None]
             return children
         if parts[1] == IMAGESETS:
             return list(self._imageset_links(acc).values())
+        if parts[1] == PREVIEWS and self._previews is not None:
+            return list(self._preview_nodes(acc).values())
         return self._remote_children(acc, "/".join(parts[1:]))
 
     def content(self, node: Node) -> bytes:
-        """The bytes of a virtual file."""
+        """The bytes of a virtual file (a preview is rendered now if it has
+        not been).
+
+        Raises
+        ------
+        PreviewFailed
+            A preview that cannot be rendered.
+        """
         if node.dynamic:
             return render_stats(self._stats_provider())
         acc = node.accession
         raw = self._entry_record(acc)
         if raw is None:
             raise NotFound(f"{acc} has no entry record", accession=acc)
+        if node.preview is not None:
+            if self._previews is None:
+                raise NotFound(f"{node.path}: previews are offered by mounts only", path=node.path)
+            return self._previews.content(self._preview_key(acc, node.preview),
+                                          f"{acc}/{node.preview}", node.path)
         return self._virtual.content(acc, node.name, raw, self.entry(acc))
 
     def entry(self, acc) -> Entry:
@@ -275,12 +315,14 @@ class Catalog:
         return hit[0] if hit else 0.0
 
     def _entry_virtual(self, acc: str, name: str) -> Node | None:
-        if name not in ENTRY_FILES and name != IMAGESETS:
+        if name not in ENTRY_FILES and name != IMAGESETS and name != PREVIEWS:
+            return None
+        if name == PREVIEWS and self._previews is None:
             return None
         if not self._has_entry_record(acc):
             return None
         mtime = self._entry_mtime(acc)
-        if name == IMAGESETS:
+        if name in (IMAGESETS, PREVIEWS):
             return Node("dir", name, f"{acc}/{name}", mtime=mtime, accession=acc)
         node = Node("virtual", name, f"{acc}/{name}", mtime=mtime, accession=acc)
         try:
@@ -290,18 +332,44 @@ class Catalog:
             return None
 
     def _imageset_links(self, acc: str) -> dict[str, Node]:
-        entry = self.entry(acc)
         links: dict[str, Node] = {}
         mtime = self._entry_mtime(acc)
-        for imageset in entry.imagesets:
-            base = _link_name(imageset.name)
-            name, n = base, 2
-            while name in links:
-                name, n = f"{base} ({n})", n + 1
+        for name, imageset in imageset_names(self.entry(acc)).items():
             target = "../" + imageset.directory if imageset.directory else ".."
             links[name] = Node("link", name, f"{acc}/{IMAGESETS}/{name}", size=len(target),
                                mtime=mtime, target=target, accession=acc)
         return links
+
+    def _preview_nodes(self, acc: str) -> dict[str, Node]:
+        """One node per image set with a directory; sized from the kept
+        picture, never by rendering one."""
+        nodes: dict[str, Node] = {}
+        mtime = self._entry_mtime(acc)
+        for name, imageset in imageset_names(self.entry(acc)).items():
+            if not imageset.directory:
+                continue
+            path = preview_path(acc, name)
+            size = self._previews.size(self._preview_key(acc, imageset.directory))
+            nodes[name + PREVIEW_SUFFIX] = Node("virtual", name + PREVIEW_SUFFIX, path, size=size,
+                                                mtime=mtime, accession=acc,
+                                                preview=imageset.directory)
+        return nodes
+
+    def _preview_key(self, acc: str, directory: str) -> tuple:
+        return (acc, directory, self._record_version(acc))
+
+    def _record_version(self, acc: str) -> str:
+        """A digest of the entry record: a new record, a new picture."""
+        raw = self._entry_record(acc)
+        with self._memo_lock:
+            memo = self._versions.get(acc)
+        if memo is not None and memo[0] is raw:
+            return memo[1]
+        text = json.dumps(raw, sort_keys=True, ensure_ascii=False, default=str)
+        version = hashlib.sha256(text.encode()).hexdigest()[:16]
+        with self._memo_lock:
+            self._versions[acc] = (raw, version)
+        return version
 
     # ------------------------------------------------------------ remote tree
 
@@ -379,6 +447,25 @@ def _keep_resolved(old: dict, new: dict) -> dict:
             info = prev
         merged[name] = info
     return merged
+
+
+def imageset_names(entry: Entry) -> dict[str, ImageSet]:
+    """The entry's image sets by their names in the mount: the link names
+    under ``imagesets/`` (``previews/`` adds ``.png``), made safe and unique."""
+    names: dict[str, ImageSet] = {}
+    for imageset in entry.imagesets:
+        base = _link_name(imageset.name)
+        name, n = base, 2
+        while name in names:
+            name, n = f"{base} ({n})", n + 1
+        names[name] = imageset
+    return names
+
+
+def preview_path(acc: str, name: str) -> str:
+    """The mount-relative path of the preview of image set ``name`` (a key
+    of :func:`imageset_names`)."""
+    return f"{acc}/{PREVIEWS}/{name}{PREVIEW_SUFFIX}"
 
 
 def _link_name(name: str) -> str:

@@ -86,6 +86,13 @@ class EmpiarFS:
         (not writable, held exclusively by another process, or used with
         another block size) is an error; when false (the Python API), this
         instance warns and runs with the memory cache only.
+    previewer : callable, optional
+        ``previewer(fs, directory) -> bytes``: a PNG of the mount-relative
+        image-set directory ``directory`` (``EMPIAR-10002/data``), read
+        through ``fs``. When given, every entry has ``previews/<image
+        set>.png`` (the mount passes
+        :func:`empiarfs.tools.preview.imageset_png`, which this layer may
+        not import).
 
     Raises
     ------
@@ -98,7 +105,7 @@ class EmpiarFS:
     """
 
     def __init__(self, settings: Settings | None = None, *, transport=None, archive=None,
-                 exclusive_cache: bool = True):
+                 exclusive_cache: bool = True, previewer=None):
         self.settings = settings or Settings.load()
         self.started = time.time()
         cache_dir = self.settings.cache_dir
@@ -132,7 +139,9 @@ class EmpiarFS:
                     raise
                 _memory_only(exc)
         self.reader = BlockReader(self._fetch, self.settings, self.memory, self.disk)
-        self.catalog = Catalog(self.settings, self.archive, self.meta, stats_provider=self.stats)
+        render_preview = (lambda directory: previewer(self, directory)) if previewer else None
+        self.catalog = Catalog(self.settings, self.archive, self.meta, stats_provider=self.stats,
+                               render_preview=render_preview)
         self._closed = False
         self._lock = threading.Lock()
 

@@ -12,10 +12,15 @@ the PNG.
 What is a frame: a section of an MRC/MRCS stack or volume, a page of a
 TIFF, a detector frame (or fraction, with ``eer_grouping``) of an EER
 movie; for a directory (an image set), the first frame of each file.
+
+:func:`imageset_png` is the renderer a mount injects into its namespace
+for the ``EMPIAR-N/previews/<image set>.png`` files (the namespace, a lower
+layer, cannot import this module).
 """
 
 from __future__ import annotations
 
+import io
 import logging
 import math
 import os
@@ -311,3 +316,39 @@ def preview(path, *, frames: Frames = None, count: Optional[int] = None, out=Non
                                "use .png") from exc
         log.info("preview of %d frame(s) written to %s", len(tiles), out)
     return image
+
+
+def png_bytes(image) -> bytes:
+    """A Pillow image encoded as PNG."""
+    out = io.BytesIO()
+    image.save(out, format="PNG")
+    return out.getvalue()
+
+
+def imageset_png(fs, directory: str) -> bytes:
+    """The picture a mount shows as ``EMPIAR-N/previews/<image set>.png``.
+
+    What ``empiarfs preview EMPIAR-N/<directory> -o x.png`` writes with its
+    defaults (the first frame of the set's first image file, by name,
+    :data:`DEFAULT_SIZE` pixels wide), read through ``fs``'s block cache
+    and nothing else.
+
+    Parameters
+    ----------
+    fs : EmpiarFS
+        The mount's facade.
+    directory : str
+        Mount-relative image-set directory, ``EMPIAR-10002/data``.
+
+    Raises
+    ------
+    InvalidInput
+        No image files directly in the directory.
+    NotFound, UnsupportedFormat, BadFile, MissingDependency, RemoteError
+        As :func:`empiarfs.load` raises them.
+    """
+    from empiarfs.pyapi.api import ARCHIVE_SCHEME
+
+    # The scheme, not a bare EMPIAR-N/... path: a bare one is a local path
+    # first, and the daemon's working directory may be anywhere.
+    return png_bytes(preview(ARCHIVE_SCHEME + directory, fs=fs))
