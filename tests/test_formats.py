@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import bz2
 import io
+import sys
 
 import mrcfile
 import numpy as np
@@ -196,18 +197,29 @@ def _as_eer(raw: bytes) -> bytes:
     return bytes(patched)
 
 
-def test_eer_without_imagecodecs_names_the_package(tmp_path):
-    try:
-        import imagecodecs  # noqa: F401
-        pytest.skip("imagecodecs is installed here, so EER pages decode and the "
-                    "missing-package error cannot be provoked")
-    except ImportError:
-        pass
+def test_eer_without_imagecodecs_names_the_package(tmp_path, monkeypatch):
+    from empiarfs.formats.eer import read_eer
+
     raw = _tiff(tmp_path / "m.tif", np.zeros((2, 8, 8), np.uint8)).read_bytes()
+    eer = _as_eer(raw)
+    # imagecodecs is a dependency, so hide it as a machine without it would:
+    # a None entry in sys.modules makes `import imagecodecs` raise ImportError.
+    monkeypatch.setitem(sys.modules, "imagecodecs", None)
     with pytest.raises(MissingDependency, match="pip install imagecodecs") as info:
-        read_tiff(io.BytesIO(_as_eer(raw)), pages=0, name="movie.eer")
+        read_tiff(io.BytesIO(eer), pages=0, name="movie.eer")
     assert info.value.name == "imagecodecs"
     assert isinstance(info.value, ImportError)
+    assert str(info.value).startswith("movie.eer: EER page (TIFF compression 65001)")
+    with pytest.raises(MissingDependency, match="pip install imagecodecs"):
+        read_eer(io.BytesIO(eer), frames=0, name="movie.eer")
+    # Plain TIFF pages never need it.
+    assert read_tiff(io.BytesIO(raw), pages=0, name="m.tif").data.shape == (8, 8)
+    monkeypatch.undo()
+    # With the package back, the same call gets past the check to the
+    # decoder (which refuses these strips: zeros are not EER events), so
+    # the error above came from the hidden package and nothing else.
+    with pytest.raises(BadFile, match="cannot decode TIFF page 0"):
+        read_tiff(io.BytesIO(eer), pages=0, name="movie.eer")
 
 
 def test_star_single_and_multi_block(tmp_path):
