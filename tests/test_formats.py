@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import bz2
 import io
+import os
 import sys
 
 import mrcfile
@@ -255,6 +256,37 @@ def test_bz2_through_the_public_verbs(tmp_path):
     starfile.write(table, tmp_path / "t.star")
     (tmp_path / "t.star.bz2").write_bytes(bz2.compress((tmp_path / "t.star").read_bytes()))
     pd.testing.assert_frame_equal(empiarfs.load_star(tmp_path / "t.star.bz2"), table)
+
+
+FOILHOLE = ("EMPIAR-10934/data/CL44-1_20201106_111915/Images-Disc1/GridSquare_6089277/Data/"
+            "FoilHole_6100571_Data_6092346_6092348_20201106_132148_fractions.tiff.bz2")
+
+
+def test_bz2_tiff_pages_counted_through_a_kept_index_and_cache_clear_drops_it(
+        archive_server, settings_for, sample_root, tmp_path):
+    from click.testing import CliRunner
+    from support.archive import env_for
+
+    from empiarfs.cli import main
+    from empiarfs.namespace.filesystem import EmpiarFS
+    from empiarfs.pyapi.dataset import EmpiarDataset
+
+    settings = settings_for(archive_server, tmp_path)
+    index_dir = os.path.join(settings.cache_dir, "bz2-index")
+    acc, rel = FOILHOLE.split("/", 1)
+    with open(os.path.join(sample_root, "world_availability", acc.split("-")[1], rel), "rb") as fh:
+        truth = tifffile.imread(io.BytesIO(bz2.decompress(fh.read())))
+    with EmpiarFS(settings) as fs:
+        dataset = EmpiarDataset.from_files([FOILHOLE], fs=fs, settings=settings)
+        assert [item.frame for item in dataset.items] == list(range(len(truth))) == list(range(8))
+        # Counting built the block index and kept it for the items' reads.
+        assert len(os.listdir(index_dir)) == 1
+        np.testing.assert_array_equal(empiarfs.load(FOILHOLE, frames=7, fs=fs), truth[7])
+    cleared = CliRunner().invoke(main, ["cache", "clear", "--yes"], env=env_for(settings),
+                                 catch_exceptions=False)
+    assert cleared.exit_code == 0, cleared.output
+    assert not os.path.exists(index_dir)
+    assert os.path.isdir(os.path.join(settings.cache_dir, "blocks"))   # only what clear owns
 
 
 @pytest.mark.parametrize("name, kind, compressed", [

@@ -155,13 +155,18 @@ def _archive_path(url: str, base: str) -> str:
 @cache_dir_option
 @click.pass_context
 def cache_clear(ctx, yes, cache_dir):
-    """Delete every cached block (pins are kept, their blocks are not).
+    """Delete every cached block, the cached metadata and the kept .bz2
+    block indexes (pins are kept, their blocks are not).
 
     \b
     Examples:
       empiarfs cache clear
       empiarfs cache clear --yes
     """
+    import shutil
+
+    from empiarfs.formats.bz2_index import IndexStore
+
     fs = _open_fs(ctx, cache_dir=cache_dir)
     try:
         info = fs.disk.info()
@@ -170,6 +175,11 @@ def cache_clear(ctx, yes, cache_dir):
                           f"{info['directory']}?", abort=True)
         fs.disk.clear()
         fs.meta.clear()
+        # <cache_dir>/bz2-index: kept, the indexes would outlive the cache
+        # they were built beside (a writer racing this just skips a save).
+        indexes = IndexStore.in_cache_dir(fs.settings.cache_dir)
+        if indexes is not None:
+            shutil.rmtree(indexes.directory, ignore_errors=True)
     finally:
         fs.close()
     click.echo(f"cleared {human(info['bytes_used'])} from {info['directory']}")

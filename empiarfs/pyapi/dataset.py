@@ -290,9 +290,11 @@ def _frame_count(path: str, get_fs) -> int:
 
         with api.open(path, fs=remote) as handle:
             if path.lower().endswith(".bz2"):
-                from empiarfs.formats.bz2 import decompress_to_spool
-
-                with decompress_to_spool(handle, path) as plain:
-                    return count_pages(plain, path)
+                # Through the kept block index (one parallel pass, saved),
+                # not a whole decompression thrown away: the items' reads
+                # then decompress only their own blocks.
+                src = api._Source(handle, remote, path)
+                with api._random_bz2(path, remote, src, build=True) as stream:
+                    return count_pages(stream.file, path)
             return count_pages(handle, path)
     raise UnsupportedFormat(f"{path}: not an image file (MRC/MRCS/TIFF/EER)")
