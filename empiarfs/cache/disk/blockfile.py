@@ -51,7 +51,7 @@ class Layout:
         self._made: set = set()  # shard directories known to exist
 
     def path(self, fid: int, idx: int) -> str:
-        return os.path.join(self.root, f"{fid % 256:02x}", f"{fid}-{idx}{SUFFIX}")
+        return f"{self.root}{os.sep}{fid % 256:02x}{os.sep}{fid}-{idx}{SUFFIX}"
 
     def make_shard(self, fid: int) -> None:
         shard = fid % 256
@@ -137,18 +137,16 @@ def read(path: str, fid: int, idx: int, expected: Optional[int],
     except FileNotFoundError:
         return MISSING, None
     try:
-        want = HEADER.size + limit + 1  # one more byte reveals a file too long
-        parts = []
-        got = 0
-        while got < want:
-            chunk = os.read(fd, want - got)
-            if not chunk:
-                break
-            parts.append(chunk)
-            got += len(chunk)
+        # The length expected, in one read (a regular file is read whole);
+        # unknown: one byte more than the largest, to see a file too long.
+        want = HEADER.size + (limit + 1 if expected is None else expected)
+        blob = os.read(fd, want)
+        if 0 < len(blob) < want:
+            rest = _read_more(fd, want - len(blob))
+            if rest:
+                blob += rest
     finally:
         os.close(fd)
-    blob = parts[0] if len(parts) == 1 else b"".join(parts)
     if len(blob) >= HEADER.size:
         magic, version, h_fid, h_idx, length, crc = HEADER.unpack_from(blob)
         payload = blob[HEADER.size:]
@@ -157,6 +155,17 @@ def read(path: str, fid: int, idx: int, expected: Optional[int],
                 and zlib.crc32(payload) == crc):
             return HIT, payload
     return CORRUPT, None
+
+
+def _read_more(fd: int, count: int) -> bytes:
+    parts = []
+    while count > 0:
+        chunk = os.read(fd, count)
+        if not chunk:
+            break
+        parts.append(chunk)
+        count -= len(chunk)
+    return b"".join(parts)
 
 
 def remove(path: str) -> None:

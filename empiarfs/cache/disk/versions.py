@@ -45,10 +45,14 @@ class Stored:
     structured: bool = False      # given as a Fingerprint (not as a key string)
     pinned: bool = False
 
+    def __post_init__(self):
+        # Built once: every lookup compares against it.
+        fp = Fingerprint(self.size, self.etag, self.modified) \
+            if self.structured and self.size is not None else None
+        object.__setattr__(self, "_fingerprint", fp)
+
     def fingerprint(self) -> Optional[Fingerprint]:
-        if not self.structured or self.size is None:
-            return None
-        return Fingerprint(self.size, self.etag, self.modified)
+        return self._fingerprint
 
 
 def key_of(fingerprint: FingerprintLike) -> str:
