@@ -265,6 +265,85 @@ def test_bound_holds_during_concurrent_writes(tmp_path):
                 assert got is None or got == payload(idx, seed=n)
 
 
+def test_bound_in_force_is_the_largest_of_the_processes_using_the_directory(tmp_path):
+    directory = str(tmp_path / "c")
+    big = DiskStore(directory, 20 * (BS + HEADER), block_size=BS)
+    for i in range(20):
+        assert big.put(URL, FP, i, payload(i))
+    # A store opened with a smaller bound (a default-sized `cache info`, a
+    # Dask worker) does not trim the larger one's cache...
+    with DiskStore(directory, 5 * (BS + HEADER), block_size=BS) as small:
+        assert small.bytes_used == 20 * (BS + HEADER)
+        assert small.info()["max_bytes"] == 20 * (BS + HEADER)
+        assert small.info()["own_max_bytes"] == 5 * (BS + HEADER)
+        assert small.put(URL, FP, 20, payload(20))          # evicts one, not fifteen
+        assert small.bytes_used == 20 * (BS + HEADER)
+        big.close()
+        # ...until the larger one leaves: then its own bound is in force.
+        assert small.put(URL, FP, 21, payload(21))
+        assert small.bytes_used == disk_bytes(directory) == 5 * (BS + HEADER)
+        assert [i for i in range(22) if small.has(URL, FP, i)] == [17, 18, 19, 20, 21]
+
+
+def test_a_new_version_stored_by_another_process_is_seen(tmp_path, monkeypatch):
+    from empiarfs.cache.disk import versions
+
+    monkeypatch.setattr(versions, "REVALIDATE_AFTER", 0.05)
+    directory = str(tmp_path / "c")
+    new = Fingerprint(FP.size, "etag-2")
+    with DiskStore(directory, 1 << 20, block_size=BS) as a, \
+            DiskStore(directory, 1 << 20, block_size=BS) as b:
+        assert a.put(URL, FP, 0, payload(0))
+        assert b.get(URL, FP, 0) == payload(0)             # b learns url -> a's fid
+        assert a.put(URL, new, 0, payload(0, seed=2))      # a stores a new version
+        assert b.get(URL, FP, 0) is None                   # the old one's file is gone
+        time.sleep(0.1)
+        assert b.get(URL, new, 0) == payload(0, seed=2)    # b asks the index again
+        assert b.fingerprint_key(URL) == new.key()
+        a.flush()       # what a finished counts for b's summaries (within FLUSH_EVERY)
+        assert b.cached_ranges(URL, new) == [(0, BS)] and b.cached_ranges(URL, FP) == []
+
+
+def test_a_busy_index_is_a_miss_not_a_wait(store):
+    """A lookup that must ask the index (a URL not met in the last second)
+    gives up after LOOKUP_WAIT if this process's reading connection is held
+    (a stalled disk), and the block comes from the network instead."""
+    from empiarfs.cache.disk import store as store_module
+
+    store.put(URL, FP, 0, payload(0))
+    other = DiskStore(store.directory, 1 << 20, block_size=BS)
+    held, release = threading.Event(), threading.Event()
+
+    def stalled():
+        with other._index.read():
+            held.set()
+            release.wait(10)
+    holder = threading.Thread(target=stalled)
+    holder.start()
+    try:
+        assert held.wait(5)
+        started = time.monotonic()
+        assert other.get(URL, FP, 0) is None
+        assert store_module.LOOKUP_WAIT <= time.monotonic() - started < store_module.LOOKUP_WAIT + 1
+        assert other.busy_misses == 1
+    finally:
+        release.set()
+        holder.join()
+    assert other.get(URL, FP, 0) == payload(0)             # and once free, a hit
+    assert other.info()["busy_misses"] == 1
+    other.close()
+
+
+def test_files_lists_what_is_cached_and_pinned(store):
+    store.put(URL, FP, 0, payload(0))
+    store.put(URL, FP, 100, payload(100, 100))
+    store.pin("https://example.invalid/pinned")
+    assert store.files() == [
+        {"url": URL, "size": FP.size, "cached": BS + 100, "pinned": False},
+        {"url": "https://example.invalid/pinned", "size": None, "cached": 0, "pinned": True},
+    ]
+
+
 def test_clear_keeps_pins(store):
     store.pin(URL)
     store.put(URL, FP, 0, payload(0))

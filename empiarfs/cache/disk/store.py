@@ -560,7 +560,9 @@ class DiskStore:
         self._writes_off_until = now + WRITE_BACKOFF
 
     def flush(self) -> None:
-        """Save this process's finished writes and read times in the index now."""
+        """Save this process's finished writes and read times in the index
+        now (a background thread does it every FLUSH_EVERY seconds; until
+        then other processes see the blocks but not in their summaries)."""
         marks, touches = self._take_marks(), self._recency.take()
         if not marks and not touches:
             return
@@ -572,6 +574,14 @@ class DiskStore:
         except BaseException:
             self._give_back(marks, touches)
             raise
+
+    def _flush_quietly(self) -> None:
+        """Before a summary: this process's finished writes count."""
+        try:
+            self.flush()
+            self._check_suspects()
+        except sqlite3.Error as exc:
+            log.debug("cannot save finished writes now (%s)", exc)
 
     def _start_flusher(self) -> None:
         # Started on first use, not in __init__: the mount's daemon forks
@@ -689,6 +699,7 @@ class DiskStore:
         """One record per file with blocks or a pin, by URL: ``url``,
         ``size`` (None if unknown), ``cached`` (bytes present) and ``pinned``."""
         self._check_open()
+        self._flush_quietly()
         with self._index.read() as tx:
             rows = tx.file_usage()
         return [{"url": url, "size": size,
@@ -710,11 +721,7 @@ class DiskStore:
             After :meth:`close` (as do the other queries of the index).
         """
         self._check_open()
-        try:
-            self.flush()
-            self._check_suspects()
-        except sqlite3.Error as exc:
-            log.debug("cannot save finished writes now (%s)", exc)
+        self._flush_quietly()
         with self._index.read() as tx:
             data = tx.summary()
             bound = tx.bound(self._max)
