@@ -365,3 +365,16 @@ def test_stats_in_sizes_and_link_xattrs_on_a_mount(settings, tmp_path):
             assert "user.empiar.imageset" in through
             for attr in through:
                 assert os.getxattr(link, attr)
+
+
+def test_output_into_a_closed_pipe_is_quiet():
+    """`empiarfs ... | head -1`: the reader goes away before the output is
+    written; no traceback and no 'Broken pipe' error line."""
+    exe = os.path.join(os.path.dirname(sys.executable), "empiarfs")
+    proc = subprocess.Popen([exe, "service", "show", "/mnt/empiar"], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    proc.stdout.close()          # the reader is gone before the command writes
+    err = proc.stderr.read()
+    proc.stderr.close()
+    assert proc.wait(timeout=60) == 0
+    assert "Broken pipe" not in err and "Traceback" not in err and "error" not in err

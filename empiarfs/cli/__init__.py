@@ -40,6 +40,13 @@ class _Group(click.Group):
         except EmpiarfsError as exc:
             click.echo(f"empiarfs: error: {one_line(exc)}", err=True)
             ctx.exit(EXIT_ERROR)
+        except BrokenPipeError:
+            # The reader of the output went away (`empiarfs stats | head`):
+            # stop quietly, as shell tools do; stdout goes nowhere from here
+            # so that the interpreter's own flush at exit does not complain.
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, sys.stdout.fileno())
+            ctx.exit(EXIT_OK)
         except OSError as exc:
             logging.getLogger(__name__).debug("command failed", exc_info=True)
             click.echo(f"empiarfs: error: {os_error_text(exc)}", err=True)
@@ -224,7 +231,7 @@ COMMAND_MODULES = [
     "browse",
     "get",
     "cache",
-    "mount",
+    "mounts",
     "service",
     "export",
     "serve",
