@@ -6,7 +6,8 @@ serves (``api/EMPIAR-N.json``, ``world_availability/N/N.xml`` and
 every file, so tests can compare what a client reads with the truth.
 
 Entries are modelled on real ones (docs/empiar.md): 10002 (MRCS movie
-stacks, some with an FEI1 extended header), 10934 (deep path, bz2-compressed
+stacks, some with an FEI1 extended header, and a RELION particles STAR
+file referencing frames of them), 10934 (deep path, bz2-compressed
 multi-frame TIFFs, an EER movie, a leading ``/`` in ``directory``,
 ``{"name"}`` cross references), 11419 (FIB-SEM, names with spaces, commas, ``#``, ``%``, ``&``),
 11561 (tomography: STAR, mdoc, tilt series, tomogram) and 10943 (thousands of
@@ -672,6 +673,41 @@ def _entry_11561(w: _Writer) -> dict:
                   dates=("2022-12-07", "2023-09-05", "2023-09-05"))
 
 
+#: EMPIAR-10002's RELION particles STAR file. Its ``rlnImageName`` values
+#: ``N@data/<stack>.mrcs`` are relative to the entry root (RELION's project
+#: directory, a parent of the STAR file's); ``rlnMicrographName`` names the
+#: stack each particle came from (here the movie stacks stand for the
+#: micrographs). Every reference resolves.
+PARTICLES_STAR = "data/particles.star"
+#: Its rows: (stack, 1-based image number). Stack 102 is float32, 103 has an
+#: FEI1 extended header (so its frames start after NSYMBT bytes).
+PARTICLES = (("data/100_movie_gc.mrcs", 1), ("data/103_movie_gc.mrcs", 7),
+             ("data/100_movie_gc.mrcs", 4), ("data/102_movie_gc.mrcs", 12),
+             ("data/100_movie_gc.mrcs", 5), ("data/103_movie_gc.mrcs", 8),
+             ("data/102_movie_gc.mrcs", 2), ("data/100_movie_gc.mrcs", 9),
+             ("data/103_movie_gc.mrcs", 1))
+
+
+def _write_particles_star(w: _Writer) -> None:
+    acc = "EMPIAR-10002"
+    rng = w.rng(acc, "particles")
+    n = len(PARTICLES)
+    optics = pd.DataFrame({"rlnOpticsGroup": [1], "rlnOpticsGroupName": ["opticsGroup1"],
+                           "rlnAmplitudeContrast": [0.1], "rlnSphericalAberration": [2.0],
+                           "rlnVoltage": [300.0], "rlnImagePixelSize": [1.77],
+                           "rlnImageSize": [256], "rlnImageDimensionality": [2]})
+    particles = pd.DataFrame({
+        "rlnCoordinateX": np.round(rng.uniform(0, 4096, n), 1),
+        "rlnCoordinateY": np.round(rng.uniform(0, 4096, n), 1),
+        # RELION pads image numbers to six digits.
+        "rlnImageName": [f"{k:06d}@{stack}" for stack, k in PARTICLES],
+        "rlnMicrographName": [stack for stack, _ in PARTICLES],
+        "rlnDefocusU": np.round(rng.uniform(15000, 30000, n), 1),
+        "rlnOpticsGroup": [1] * n,
+    })
+    w.write_bytes(acc, PARTICLES_STAR, _star_bytes({"optics": optics, "particles": particles}))
+
+
 def _write_large(w: _Writer, size: int) -> None:
     """An MRCS of about ``size`` bytes: mrcfile writes the header, the data
     block is streamed in 16 MiB chunks of seeded random bytes (no 1 GiB array)."""
@@ -749,6 +785,8 @@ def make_sample(root, seed: int = 0, many_files: int = 3000, large_size: int = 0
         with open(os.path.join(root, "api", f"{acc}.json"), "wb") as fh:
             fh.write(json.dumps(wrapped, ensure_ascii=False, separators=(",", ":")).encode("utf-8"))
     _write_eer_movie(w)
+    # Written last, so every other file keeps its bytes and mtime.
+    _write_particles_star(w)
     with open(os.path.join(root, "api", "latest_citations.json"), "w", encoding="utf-8") as fh:
         json.dump(_latest_citations(records), fh, ensure_ascii=False)
     _fix_dir_times(root, seed)

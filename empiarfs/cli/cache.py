@@ -16,6 +16,7 @@ import click
 
 from empiarfs.cli import archive_options, cache_dir_option, main, plural, settings_from
 from empiarfs.cli.output import DownloadProgress, echo_json, human, table
+from empiarfs.cli.star import COLUMN_HELP, ROOT_HELP, STAR_HELP, prefetch_star
 from empiarfs.errors import InvalidInput
 from empiarfs.namespace.select import Selector, split_target, walk
 from empiarfs.tools.download import FileResult, Target
@@ -229,7 +230,7 @@ def cache_unpin(ctx, paths, cache_dir, api_url, data_url, ftp_url):
 
 
 @cache.command("prefetch")
-@click.argument("paths", nargs=-1, required=True, metavar="ACCESSION/PATH...")
+@click.argument("paths", nargs=-1, metavar="ACCESSION/PATH...")
 @click.option("--pin", "pin_", is_flag=True, help="Also pin the files.")
 @click.option("-j", "--jobs", default=4, show_default=True, type=click.IntRange(1, 64),
               help="Files fetched at once.")
@@ -237,11 +238,15 @@ def cache_unpin(ctx, paths, cache_dir, api_url, data_url, ftp_url):
 @click.option("--index", "index_", is_flag=True,
               help="Also build the block index of each .bz2 file (one parallel "
                    "decompression), so later reads of any frame decompress only its blocks.")
+@click.option("--star", metavar="FILE", help=STAR_HELP + " Cache the files it references; "
+              "of stacks (rlnImageName N@stack) only the header and those frames.")
+@click.option("--root", metavar="DIR", help=ROOT_HELP)
+@click.option("--column", "columns", metavar="NAME", multiple=True, help=COLUMN_HELP)
 @cache_dir_option
 @archive_options
 @click.pass_context
-def cache_prefetch(ctx, paths, pin_, jobs, as_json, index_, cache_dir, api_url, data_url,
-                   ftp_url):
+def cache_prefetch(ctx, paths, pin_, jobs, as_json, index_, star, root, columns, cache_dir,
+                   api_url, data_url, ftp_url):
     """Read files into the disk cache now, so later reads (mount, Python
     API, `get`) are local. PATH may be a glob or a directory.
 
@@ -250,8 +255,16 @@ def cache_prefetch(ctx, paths, pin_, jobs, as_json, index_, cache_dir, api_url, 
       empiarfs cache prefetch EMPIAR-10002/data/100_movie_gc.mrcs
       empiarfs cache prefetch 'EMPIAR-10002/data/**' --pin
       empiarfs cache prefetch --index 'EMPIAR-10934/data/**/*.tiff.bz2'
+      empiarfs cache prefetch --star EMPIAR-10002/data/particles.star
     """
+    if bool(paths) == bool(star):
+        raise click.UsageError("give ACCESSION/PATH... or --star FILE")
+    if (root or columns) and not star or (index_ and star):
+        raise click.UsageError("--root and --column apply to --star only, --index not to it")
     fs = _open_fs(ctx, api_url, data_url, ftp_url, cache_dir)
+    if star:
+        prefetch_star(ctx, fs, star, root, columns, jobs=jobs, pin=pin_, as_json=as_json)
+        return
     progress = None if as_json else DownloadProgress()
     started = time.monotonic()
     results = []

@@ -18,6 +18,16 @@ from empiarfs.cli import (
     settings_from,
 )
 from empiarfs.cli.output import DownloadProgress, echo_json, human, rate, table
+from empiarfs.cli.star import (
+    COLUMN_HELP,
+    ROOT_HELP,
+    STAR_HELP,
+    STAR_MAX_BYTES,
+    check_downloaded,
+    echo_unresolved,
+    star_plan,
+    target_of,
+)
 from empiarfs.errors import InvalidInput
 from empiarfs.namespace.select import split_target
 from empiarfs.tools.download import (
@@ -88,11 +98,15 @@ def open_resources(settings, use_cache: bool = True):
                    "with REST; auto: FTP first, HTTPS where FTP is blocked or fails.")
 @click.option("--no-cache", is_flag=True, help="Do not read blocks from the disk cache.")
 @click.option("--json", "as_json", is_flag=True, help="Print the plan/summary as JSON.")
+@click.option("--star", metavar="FILE", help=STAR_HELP + " Download the files it references; "
+              "stacks of rlnImageName N@stack references whole, as RELION needs them.")
+@click.option("--root", metavar="DIR", help=ROOT_HELP)
+@click.option("--column", "columns", metavar="NAME", multiple=True, help=COLUMN_HELP)
 @cache_dir_option
 @archive_options
 @click.pass_context
 def get(ctx, target, from_list, globs, regexes, output, jobs, split, dry_run, via, no_cache,
-        as_json, cache_dir, api_url, data_url, ftp_url):
+        as_json, star, root, columns, cache_dir, api_url, data_url, ftp_url):
     """Download files, keeping the archive's layout: DIR/EMPIAR-N/data/...
 
     Interrupted files resume from their .part file (after checking that the
@@ -116,12 +130,17 @@ def get(ctx, target, from_list, globs, regexes, output, jobs, split, dry_run, vi
       empiarfs get 10002 --dry-run
       empiarfs ls 10002 -R --glob '*.mrcs' --urls https > list.txt
       empiarfs get --from-list list.txt -o ~/empiar
+      empiarfs get --star EMPIAR-10002/data/particles.star -o ~/empiar
+      empiarfs get --star run_data.star --root EMPIAR-10002 -o ~/empiar
     Run the same command again to resume after an interruption.
     """
-    if bool(target) == bool(from_list):
-        raise click.UsageError("give either ACCESSION[/PATH] or --from-list FILE")
-    if from_list and (globs or regexes):
-        raise click.UsageError("--glob/--regex apply to ACCESSION[/PATH], not to --from-list")
+    if (bool(target) + bool(from_list) + bool(star)) != 1:
+        raise click.UsageError("give one of ACCESSION[/PATH], --from-list FILE or --star FILE")
+    if (from_list or star) and (globs or regexes):
+        raise click.UsageError("--glob/--regex apply to ACCESSION[/PATH], not to --from-list "
+                               "or --star")
+    if (root or columns) and not star:
+        raise click.UsageError("--root and --column apply to --star only")
     settings = settings_from(ctx.obj, api_url=api_url, data_url=data_url, ftp_url=ftp_url,
                              cache_dir=cache_dir)
     selector = selector_from(globs, regexes)
@@ -135,8 +154,17 @@ def get(ctx, target, from_list, globs, regexes, output, jobs, split, dry_run, vi
 
         ftp = FtpReader(timeout=max(settings.connect_timeout, settings.stall_timeout))
     progress = None
+    plan = None
     try:
-        if from_list:
+        if star:
+            plan = star_plan(star, root, columns, archive.listdir,
+                             lambda p: transport.get_bytes(archive.file_url(p.accession, p.path),
+                                                           max_bytes=STAR_MAX_BYTES))
+            targets = [target_of(archive, plan, p) for p in plan.files]
+            if not targets:
+                echo_unresolved(plan)
+                raise InvalidInput(f"no reference of {star} resolves")
+        elif from_list:
             targets = targets_from_lines(from_list, archive, settings)
             if not targets:
                 raise InvalidInput(f"no files listed in {from_list.name}")
@@ -153,6 +181,9 @@ def get(ctx, target, from_list, globs, regexes, output, jobs, split, dry_run, vi
                                 listener=progress, via=via, ftp=ftp)
         if dry_run:
             _show_plan(downloader.plan(targets), as_json)
+            if plan is not None:
+                echo_unresolved(plan)
+                ctx.exit(EXIT_ERROR if plan.unresolved else 0)
             return
         try:
             summary = downloader.run(targets)
@@ -166,6 +197,8 @@ def get(ctx, target, from_list, globs, regexes, output, jobs, split, dry_run, vi
             ftp.close()
         close()
     data = summary.as_dict()
+    if plan is not None:
+        data["unresolved"] = check_downloaded(plan, output, targets)
     if as_json:
         echo_json(data)
     else:
@@ -186,7 +219,9 @@ def get(ctx, target, from_list, globs, regexes, output, jobs, split, dry_run, vi
             click.echo(f"failed: {failure['file']}: {failure['error']}", err=True)
         if data["failed"]:
             click.echo("run the same command again to retry the failed files", err=True)
-    if summary.failures:
+    if plan is not None:
+        echo_unresolved(plan)
+    if summary.failures or (plan is not None and plan.unresolved):
         ctx.exit(EXIT_ERROR)
 
 

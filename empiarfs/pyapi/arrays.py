@@ -367,26 +367,27 @@ def _from_files(paths: list, settings, fs) -> FrameStack:
 
 
 def _from_star(star: str, root, settings, fs) -> FrameStack:
-    from empiarfs.pyapi.dataset import EmpiarDataset
+    """The images a STAR file references (:func:`~empiarfs.pyapi.dataset.resolve_star`):
+    particles ``N@stack`` as frames, micrographs or movies as all their frames."""
+    from empiarfs.pyapi.dataset import place_path, resolve_star
 
-    # Archive paths as empiar://, so stack paths joined to them stay archive paths.
-    remote = api.archive_path(star)
-    text = api.ARCHIVE_SCHEME + remote if remote is not None else star
-    if root is not None and api.archive_path(root) is not None:
-        root = api.ARCHIVE_SCHEME + api.archive_path(root)
-    particles = EmpiarDataset.from_star(text, root=root, settings=settings, fs=fs)
-    if not particles.items:
-        raise InvalidInput(f"{star}: no particles (the rlnImageName column is empty)")
+    plan = resolve_star(star, root=root, get_fs=lambda: fs)
+    plan.raise_unresolved()
+    if not plan.refs:
+        raise InvalidInput(f"{star}: no images (its {plan.columns[0]} column is empty)")
+    paths = [place_path(r.place) for r in plan.refs]
+    if all(r.frame is None for r in plan.refs):
+        return _from_files(list(dict.fromkeys(paths)), settings, fs)
     order = {}
-    for item in particles.items:
-        order.setdefault(_canonical(item.path), len(order))
+    for path in paths:
+        order.setdefault(path, len(order))
     layouts = _layouts(list(order), fs)
-    file_of = [order[_canonical(item.path)] for item in particles.items]
-    frame_of = [item.frame for item in particles.items]
-    for row, (f, k) in enumerate(zip(file_of, frame_of)):
-        if k >= layouts[f].n_frames:
-            raise BadFile(f"{star}: particle {row + 1} is image {k + 1} of {layouts[f].path}, "
-                          f"which has {layouts[f].n_frames}", path=star)
+    # Rows beyond their stack are known once the headers are read: named
+    # as unresolvable references, as everywhere else.
+    plan.check_frames({r.place: layouts[order[p]].n_frames for r, p in zip(plan.refs, paths)})
+    plan.raise_unresolved()
+    file_of = [order[place_path(r.place)] for r in plan.refs]
+    frame_of = [r.frame for r in plan.refs]
     return FrameStack(layouts, file_of, frame_of, settings, fs)
 
 
@@ -456,7 +457,8 @@ def to_dask(source, imageset=None, *, pattern: Optional[str] = None,
         * one image file, or a list of them (local, ``EMPIAR-N/...`` or
           ``empiar://...`` paths);
         * a STAR file (local or archive) whose ``rlnImageName`` values
-          ``N@stack.mrcs`` name particles: frame ``N - 1`` of each stack.
+          ``N@stack.mrcs`` name particles: frame ``N - 1`` of each stack
+          (a STAR file of micrographs or movies: all frames of each file).
     imageset : int or str, optional
         With an accession: the image set's index in ``entry.imagesets`` or
         its name.
@@ -465,8 +467,10 @@ def to_dask(source, imageset=None, *, pattern: Optional[str] = None,
         without ``/``; else paths relative to the entry root, or to a local
         folder).
     root : str, optional
-        STAR files only: the directory stack paths are relative to (default:
-        the STAR file's own directory).
+        STAR files only: the directory its references are relative to
+        (default: the STAR file's directory, then each one above it,
+        nearest first, wherever the file exists; see
+        :meth:`EmpiarDataset.from_star <empiarfs.pyapi.dataset.EmpiarDataset.from_star>`).
     frames_per_chunk : int or "file"
         Frames per Dask chunk (1: one task per frame), or ``"file"``: one
         chunk per file (best for ``.bz2`` files, which are decompressed
@@ -495,7 +499,9 @@ def to_dask(source, imageset=None, *, pattern: Optional[str] = None,
     UnsupportedFormat
         A file that is not MRC/MRCS/TIFF/EER.
     NotFound, BadFile, RemoteError
-        From listing the files or reading their headers.
+        From listing the files or reading their headers; for a STAR file,
+        also references that do not resolve (``BadFile`` when a value is
+        malformed or names an image beyond its stack), listed in the message.
     """
     try:
         import dask.array as da

@@ -12,12 +12,11 @@ from __future__ import annotations
 
 import logging
 import os
-import posixpath
 from dataclasses import dataclass
 from typing import Callable, Iterable, Optional
 
 from empiarfs.config import Settings
-from empiarfs.errors import BadFile, InvalidInput, UnsupportedFormat
+from empiarfs.errors import InvalidInput, UnsupportedFormat
 
 log = logging.getLogger(__name__)
 
@@ -164,58 +163,53 @@ class EmpiarDataset:
         return ds
 
     @classmethod
-    def from_star(cls, star_path: str, *, root: Optional[str] = None,
+    def from_star(cls, star_path, *, root: Optional[str] = None, columns=None,
                   settings: Optional[Settings] = None, transform: Optional[Callable] = None,
                   fs=None) -> "EmpiarDataset":
-        """Particle images named by a STAR file's ``rlnImageName`` column.
+        """The images a RELION STAR file references, in row order.
 
         Parameters
         ----------
-        star_path : str
-            The STAR file (local or archive path).
+        star_path : str or os.PathLike
+            The STAR file: local (a mount's too), ``EMPIAR-N/...`` or
+            ``empiar://...``.
         root : str, optional
-            Directory that ``rlnImageName`` stack paths are relative to
-            (RELION writes them relative to its project directory); default:
-            the STAR file's directory.
+            The directory references are relative to (RELION writes them
+            relative to its project directory). Default: the STAR file's
+            directory, then each one above it (up to the entry root in the
+            archive), nearest first, wherever the file exists.
+        columns : str or list of str, optional
+            ``"rlnImageName"`` (``index@stack.mrcs``: one particle image),
+            ``"rlnMicrographName"`` or ``"rlnMicrographMovieName"`` (whole
+            files). Default: the first of these the file has.
         settings, transform, fs
             As for :meth:`from_files`.
 
         Returns
         -------
         EmpiarDataset
-            One item per row: ``index@stack.mrcs`` (1-based index) becomes
-            frame ``index - 1`` of ``root/stack.mrcs``.
+            One item per reference: ``index@stack.mrcs`` (1-based index)
+            becomes frame ``index - 1`` of the stack, a micrograph or movie
+            the whole file. Archive files are ``empiar://`` paths.
 
         Raises
         ------
         BadFile
-            No ``rlnImageName`` column, or a malformed value.
-        NotFound, RemoteError
-            From reading the STAR file.
+            No reference column, a malformed ``rlnImageName`` value; the
+            message lists the first few.
+        NotFound
+            References to files that exist nowhere (listed the same way).
+        InvalidInput
+            ``columns`` names a column that is not a reference column or
+            that the file lacks.
+        RemoteError
+            From reading the STAR file or the listings.
         """
-        from empiarfs.pyapi import api
-
         ds = cls([], settings=settings, transform=transform)
-        if fs is None and api.archive_path(star_path) is not None:
-            fs = ds._open_fs()
-        blocks = api.load_star(star_path, always_dict=True, fs=fs)
-        table = next((b for b in blocks.values()
-                      if hasattr(b, "columns") and "rlnImageName" in b.columns), None)
-        if table is None:
-            raise BadFile(f"{star_path}: no data block with an rlnImageName column",
-                          path=str(star_path))
-        text = str(star_path)
-        base = root if root is not None else (posixpath.dirname(text) if "://" in text
-                                              else os.path.dirname(text))
-        items = []
-        for value in table["rlnImageName"]:
-            index, sep, stack = str(value).partition("@")
-            if not sep or not index.strip().isdigit() or int(index) < 1:
-                raise BadFile(f"{star_path}: rlnImageName {value!r} is not 'index@stack'",
-                              path=text)
-            joined = posixpath.join(base, stack) if base else stack
-            items.append(Item(joined, int(index) - 1))
-        ds.items = items
+        plan = resolve_star(star_path, root=root, columns=columns,
+                            get_fs=lambda: fs or ds._open_fs())
+        plan.raise_unresolved()
+        ds.items = [Item(place_path(r.place), r.frame) for r in plan.refs]
         return ds
 
     # ---------------------------------------------------------------- access
@@ -298,3 +292,60 @@ def _frame_count(path: str, get_fs) -> int:
                     return count_pages(stream.file, path)
             return count_pages(handle, path)
     raise UnsupportedFormat(f"{path}: not an image file (MRC/MRCS/TIFF/EER)")
+
+
+# ------------------------------------------------------------------ STAR files
+
+def resolve_star(star, *, root=None, columns=None, get_fs: Callable):
+    """A STAR file's image references resolved to files and frames.
+
+    The one way the Python API reads STAR references (:meth:`EmpiarDataset.from_star`
+    and :func:`empiarfs.to_dask` both use it); the rules are those of
+    :mod:`empiarfs.namespace.star_refs`.
+
+    Parameters
+    ----------
+    star, root, columns
+        As for :meth:`EmpiarDataset.from_star`.
+    get_fs : callable
+        Returns the EmpiarFS for archive paths; called only when the STAR
+        file or ``root`` is in the archive.
+
+    Returns
+    -------
+    empiarfs.namespace.star_refs.StarPlan
+        Unresolvable references are in ``plan.unresolved``, not raised.
+
+    Raises
+    ------
+    BadFile, InvalidInput, NotFound, RemoteError
+        The STAR file cannot be read or has no reference column;
+        ``columns`` is wrong.
+    """
+    from empiarfs.namespace.star_refs import listing_of, resolve_tables
+    from empiarfs.pyapi import api
+
+    place = _place(star)
+    base = _place(root) if root is not None else None
+    fs = get_fs() if place.is_archive or (base is not None and base.is_archive) else None
+    tables = api.load_star(place_path(place), always_dict=True, fs=fs)
+    return resolve_tables(tables, place, root=base, columns=columns,
+                          listdir=listing_of(fs) if fs is not None else None)
+
+
+def _place(path):
+    from empiarfs.namespace.star_refs import Place
+    from empiarfs.pyapi import api
+
+    text = os.fspath(path)
+    text = os.fsdecode(text) if isinstance(text, bytes) else text
+    remote = api.archive_path(text)
+    return Place.archive(remote) if remote is not None else Place.local(text)
+
+
+def place_path(place) -> str:
+    """``empiar://EMPIAR-N/...`` for an archive place (never mistaken for a
+    local file), the absolute path of a local one."""
+    from empiarfs.pyapi import api
+
+    return api.ARCHIVE_SCHEME + str(place) if place.is_archive else place.path
