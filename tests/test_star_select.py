@@ -100,7 +100,7 @@ def test_the_sample_star_resolves_to_its_stacks_and_frames(settings):
 
 def test_prefetch_fetches_only_frames_and_headers_then_reads_need_no_request(
         run, settings, sample_root, manifest):
-    done = run("cache", "prefetch", "--star", STAR, "--json")
+    done = run("cache", "prefetch", "--star", STAR, "--json", "--pin")
     assert done.exit_code == 0, done.output
     summary = json.loads(done.output)
     sizes = {f["path"]: f["size"] for f in manifest["files"] if f["entry"] == "EMPIAR-10002"}
@@ -117,6 +117,10 @@ def test_prefetch_fetches_only_frames_and_headers_then_reads_need_no_request(
               json.loads(run("cache", "ls", "--json").output)}
     assert cached == {**{s: total(r) for s, r in expected.items()},
                       PARTICLES_STAR: sizes[PARTICLES_STAR]}
+    assert json.loads(run("cache", "info", "--json").output)["pinned_files"] == 3
+    again = run("cache", "prefetch", "--star", STAR)
+    assert again.exit_code == 0 and "cached 3 files (9 frames of 3 stacks with their " \
+        "headers, 0 whole), 1.4 MiB (0 B fetched)" in again.output, again.output
 
     ds = EmpiarDataset.from_star(f"empiar://{STAR}", settings=settings)
     try:
@@ -129,7 +133,8 @@ def test_prefetch_fetches_only_frames_and_headers_then_reads_need_no_request(
         ds.close()
 
 
-def test_get_by_star_downloads_the_referenced_files(run, sample_root, manifest, tmp_path):
+def test_get_by_star_downloads_the_referenced_files(run, sample_root, manifest, tmp_path,
+                                                   monkeypatch):
     out = tmp_path / "out"
     got = run("get", "--star", STAR, "-o", str(out), "--json")
     assert got.exit_code == 0, got.output
@@ -141,13 +146,14 @@ def test_get_by_star_downloads_the_referenced_files(run, sample_root, manifest, 
     for stack in stacks:
         assert sha(out / "EMPIAR-10002" / stack) == sha(source(sample_root, stack))
 
-    # A local STAR file with its project root in the archive; whole files
-    # by another column.
+    # A local STAR file with its project root in the archive (named as the
+    # local copy in the working directory is); whole files by another column.
+    monkeypatch.chdir(out)
     starfile.write({"micrographs": pd.DataFrame(
         {"rlnMicrographName": ["data/105_movie_gc.mrcs"],
          "rlnMicrographMovieName": ["data/106_movie_gc.mrcs"]})}, tmp_path / "mics.star")
     other = tmp_path / "other"
-    plan = run("get", "--star", str(tmp_path / "mics.star"), "--root", "empiar://EMPIAR-10002",
+    plan = run("get", "--star", str(tmp_path / "mics.star"), "--root", "EMPIAR-10002",
                "--column", "rlnMicrographMovieName", "-o", str(other), "--dry-run")
     assert plan.exit_code == 0 and "EMPIAR-10002/data/106_movie_gc.mrcs" in plan.output
     assert "105_movie_gc" not in plan.output and not other.exists()

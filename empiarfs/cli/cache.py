@@ -230,7 +230,7 @@ def cache_unpin(ctx, paths, cache_dir, api_url, data_url, ftp_url):
 
 
 @cache.command("prefetch")
-@click.argument("paths", nargs=-1, metavar="ACCESSION/PATH...")
+@click.argument("paths", nargs=-1, metavar="[ACCESSION/PATH]...")
 @click.option("--pin", "pin_", is_flag=True, help="Also pin the files.")
 @click.option("-j", "--jobs", default=4, show_default=True, type=click.IntRange(1, 64),
               help="Files fetched at once.")
@@ -259,7 +259,7 @@ def cache_prefetch(ctx, paths, pin_, jobs, as_json, index_, star, root, columns,
     """
     if bool(paths) == bool(star):
         raise click.UsageError("give ACCESSION/PATH... or --star FILE")
-    if (root or columns) and not star or (index_ and star):
+    if ((root or columns) and not star) or (index_ and star):
         raise click.UsageError("--root and --column apply to --star only, --index not to it")
     fs = _open_fs(ctx, api_url, data_url, ftp_url, cache_dir)
     if star:

@@ -40,9 +40,13 @@ COLUMN_HELP = ("With --star: the column to follow: rlnImageName, rlnMicrographNa
 
 
 def _where(text: str) -> Place:
-    from empiarfs.pyapi.api import archive_path
+    from empiarfs.pyapi.api import ARCHIVE_SCHEME, archive_path
 
     remote = archive_path(text)
+    if remote is None and text[:7].upper() == "EMPIAR-":
+        # A local copy at the same path (`get -o .` run here) still means
+        # the archive's: these commands read the archive.
+        remote = archive_path(ARCHIVE_SCHEME + text)
     if remote is not None:
         return Place.archive(remote)
     if not os.path.exists(text):
