@@ -13,6 +13,11 @@ Three jobs, each safe while other processes keep using the directory:
     Blocks of retired fids (a dropped file, an old version, ``clear``) are
     deleted a batch per transaction, so a large drop never holds the
     index's write lock for long.
+``Suspects``
+    A lookup that misses a block of a file this process knows notes it; the
+    store's background thread asks the index whether that block is listed
+    as written, and forgets it if its file was removed behind our back (by
+    someone else than empiarfs), so ``usage`` stays exact.
 ``reconcile``
     A full scan of ``blocks/`` against the index: files without a row
     (damage, a lost index) and written rows without a file are removed,
@@ -30,6 +35,7 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
 
 from empiarfs.cache.disk import blockfile, dirlock
 from empiarfs.cache.disk.index import Index
@@ -38,6 +44,8 @@ log = logging.getLogger(__name__)
 
 # Rows deleted per transaction by sweep and reconcile.
 BATCH = 512
+# Missed lookups remembered for Suspects.check, at most.
+MAX_SUSPECTS = 4096
 
 
 def reap(index: Index, layout: blockfile.Layout, directory: str, me: str) -> list[str]:
@@ -110,6 +118,44 @@ def sweep(index: Index, layout: blockfile.Layout, rounds: int = -1) -> int:
         if not done_now:
             break
     return deleted
+
+
+class Suspects:
+    """Blocks looked up and missing while the index may list them."""
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        self._keys: set = set()
+
+    def add(self, fid: int, idx: int) -> None:
+        with self._lock:
+            if len(self._keys) < MAX_SUSPECTS:
+                self._keys.add((fid, idx))
+
+    def check(self, index: Index, layout: blockfile.Layout) -> int:
+        """Forget written blocks whose file is gone; returns how many. One
+        query per suspect on the reading connection, a write only for those."""
+        with self._lock:
+            keys, self._keys = self._keys, set()
+        if not keys:
+            return 0
+        with index.read() as tx:
+            gone = [(fid, idx) for fid, idx in keys
+                    if _written(tx, fid, idx) and not os.path.exists(layout.path(fid, idx))]
+        if not gone:
+            return 0
+        with index.write() as tx:
+            for fid, idx in gone:
+                # Written rows lose their files only inside write transactions.
+                if _written(tx, fid, idx) and not os.path.exists(layout.path(fid, idx)):
+                    tx.delete_block(fid, idx)
+        log.info("disk cache: %d block files were removed by someone else; forgotten", len(gone))
+        return len(gone)
+
+
+def _written(tx, fid: int, idx: int) -> bool:
+    row = tx.block(fid, idx)
+    return row is not None and row[1] is None
 
 
 def reconcile(index: Index, layout: blockfile.Layout) -> int:

@@ -18,11 +18,14 @@ under the GIL); callers may hold any.
 
 from __future__ import annotations
 
+import logging
 import time
 from dataclasses import dataclass, replace
 from typing import Optional, Union
 
 from empiarfs.model import Fingerprint
+
+log = logging.getLogger(__name__)
 
 FingerprintLike = Union[Fingerprint, str]
 
@@ -99,6 +102,29 @@ def adopt(stored: Stored, fingerprint: FingerprintLike) -> Stored:
 def fresh(url: str, fid: int, fingerprint: FingerprintLike, pinned: bool) -> Stored:
     """A new row for ``url`` at ``fingerprint``."""
     return adopt(Stored(url, fid, None, None, pinned=pinned), fingerprint)
+
+
+def settle(tx, url: str, fingerprint: FingerprintLike) -> tuple[Stored, bool]:
+    """The row of ``url`` at this version, made or switched to inside an
+    index write transaction ``tx``; and whether an old version was retired
+    (its blocks are then garbage: ``recovery.sweep``). Writers call this:
+    a lookup of another version only misses."""
+    stored = tx.file(url)
+    if stored is None:
+        new = fresh(url, tx.new_fid(), fingerprint, pinned=False)
+    elif stored.key is None or same_version(stored, fingerprint):
+        new = adopt(stored, fingerprint)
+        if new == stored:
+            return stored, False
+    else:
+        log.info("%s changed (%s -> %s): dropping its cached blocks", url, stored.key,
+                 key_of(fingerprint))
+        tx.retire(stored.fid)
+        new = fresh(url, tx.new_fid(), fingerprint, pinned=stored.pinned)
+        tx.save_file(new)
+        return new, True
+    tx.save_file(new)
+    return new, False
 
 
 class FileMap:
