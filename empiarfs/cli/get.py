@@ -26,7 +26,7 @@ from empiarfs.cli.star import (
     check_downloaded,
     echo_unresolved,
     star_plan,
-    target_of,
+    targets_of,
 )
 from empiarfs.errors import InvalidInput
 from empiarfs.namespace.select import split_target
@@ -160,7 +160,7 @@ def get(ctx, target, from_list, globs, regexes, output, jobs, split, dry_run, vi
             plan = star_plan(star, root, columns, archive.listdir,
                              lambda p: transport.get_bytes(archive.file_url(p.accession, p.path),
                                                            max_bytes=STAR_MAX_BYTES))
-            targets = [target_of(archive, plan, p) for p in plan.files]
+            targets = targets_of(archive, plan)
             if not targets:
                 echo_unresolved(plan)
                 raise InvalidInput(f"no reference of {star} resolves")

@@ -107,10 +107,12 @@ def check_downloaded(plan: StarPlan, output, targets: list) -> list:
     return [u.as_dict() for u in plan.unresolved]
 
 
-def target_of(archive, plan: StarPlan, place: Place) -> Target:
-    return Target(place.accession, place.path,
-                  archive.file_url(place.accession, place.path, "https"), plan.size_hint(place),
-                  ftp_url=archive.file_url(place.accession, place.path, "ftp"))
+def targets_of(archive, plan: StarPlan) -> list:
+    """What ``get`` downloads: every file the plan references, once."""
+    sizes = plan.sizes()
+    return [Target(p.accession, p.path, archive.file_url(p.accession, p.path, "https"),
+                   sizes.get(p, -1), ftp_url=archive.file_url(p.accession, p.path, "ftp"))
+            for p in plan.files]
 
 
 class _Shown:

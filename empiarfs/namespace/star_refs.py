@@ -116,7 +116,7 @@ class Place:
         return Place(self.accession, clean_relpath("" if joined == "." else joined))
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)   # a STAR file may hold millions
 class Ref:
     """One resolved reference: row ``row`` (from 1) of data block ``block``."""
 
@@ -197,8 +197,9 @@ class StarPlan:
                 out.setdefault(r.place, set()).add(r.frame)
         return {place: sorted(frames) for place, frames in out.items()}
 
-    def size_hint(self, place: Place) -> int:
-        return next((r.size for r in self.refs if r.place == place), -1)
+    def sizes(self) -> dict:
+        """``{file: size from its listing}`` (a hint; -1 unknown or local)."""
+        return {r.place: r.size for r in self.refs}
 
     def check_frames(self, counts: dict) -> None:
         """Move references to frames a stack does not have (``counts``:
