@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -78,10 +79,11 @@ class Mount:
 
     def __init__(self, mountpoint: str, cache_dir: str, urls: dict, *, memory_cache: str,
                  block_size: str, log_path: str, env: dict | None = None,
-                 cache_size: str = "8G"):
+                 cache_size: str = "8G", register=None):
         self.mountpoint = mountpoint
         self.cache_dir = cache_dir
         self.peak_rss = 0
+        self.closed = False
         shutil.rmtree(cache_dir, ignore_errors=True)
         os.makedirs(cache_dir)
         os.makedirs(mountpoint, exist_ok=True)
@@ -93,7 +95,9 @@ class Mount:
                "--cache-dir", cache_dir, "--cache-size", cache_size,
                "--memory-cache", memory_cache, "--block-size", block_size]
         self.proc = subprocess.Popen(cmd, stdout=self.log, stderr=subprocess.STDOUT,
-                                     env=dict(os.environ, **(env or {})))
+                                     env=dict(os.environ, **(env or {})), start_new_session=True)
+        if register:
+            register(self)  # from here on a time limit can kill it
         deadline = time.monotonic() + 60
         while not os.path.ismount(mountpoint):
             if self.proc.poll() is not None or time.monotonic() > deadline:
@@ -113,6 +117,8 @@ class Mount:
             return json.load(fh)
 
     def close(self) -> None:
+        if self.closed:
+            return
         self.peak_rss = max(self.peak_rss, peak_rss(self.proc.pid))
         if os.path.ismount(self.mountpoint):
             if subprocess.run([FUSERMOUNT, "-u", self.mountpoint], capture_output=True).returncode:
@@ -120,10 +126,22 @@ class Mount:
         try:
             self.proc.wait(timeout=30)
         except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait(timeout=5)
-        self.log.close()
-        shutil.rmtree(self.cache_dir, ignore_errors=True)
+            kill_group(self.proc)
+        self._cleanup()
+
+    def kill(self) -> None:
+        """Kill the daemon at once (a workload hung): the kernel ends its
+        FUSE connection, so readers blocked in it get an error."""
+        self.peak_rss = max(self.peak_rss, peak_rss(self.proc.pid))
+        kill_group(self.proc)
+        subprocess.run([FUSERMOUNT, "-u", "-z", self.mountpoint], capture_output=True)
+        self._cleanup()
+
+    def _cleanup(self) -> None:
+        if not self.closed:
+            self.closed = True
+            self.log.close()
+            shutil.rmtree(self.cache_dir, ignore_errors=True)
 
     def __enter__(self):
         return self
@@ -156,6 +174,18 @@ def snapshot_tree(repo: str, workdir: str, rev: str = "HEAD") -> tuple[str, str]
     return target, commit
 
 
+def kill_group(proc: subprocess.Popen) -> None:
+    """SIGKILL a child started with ``start_new_session`` and its children."""
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass
+    try:
+        proc.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        pass
+
+
 def peak_rss(pid: int) -> int:
     """Peak resident set (``VmHWM``) of a live process in bytes, 0 if gone."""
     try:
@@ -168,15 +198,15 @@ def peak_rss(pid: int) -> int:
     return 0
 
 
-def drop_page_cache(*paths: str) -> str:
-    """Evict file pages from the kernel page cache so the next read measures
-    empiarfs (or the disk), not the kernel. As root all clean pages go
-    (``drop_caches``); otherwise ``posix_fadvise(DONTNEED)`` on ``paths``.
-    Returns the method used."""
+def drop_page_cache(*paths: str, level: int = 1) -> str:
+    """Evict the kernel's caches so the next read measures the filesystem
+    (or the disk), not the kernel. As root: ``drop_caches`` ``level`` (1 the
+    page cache; 3 dentries and inodes too, before cold runs); otherwise
+    ``posix_fadvise(DONTNEED)`` on ``paths``. Returns the method used."""
     os.sync()
     try:
         with open("/proc/sys/vm/drop_caches", "w") as fh:
-            fh.write("1\n")
+            fh.write(f"{level}\n")
         return "drop_caches"
     except OSError:
         for path in paths:
