@@ -51,15 +51,17 @@ def payload(u, i):
 
 WORKER = inspect.getsource(payload) + textwrap.dedent(
     """
-    import json, os, random, sys
+    import json, os, random, sys, time
     from empiarfs.cache.disk import DiskStore
     from empiarfs.model import Fingerprint
 
     directory, bound, seed, ops, out = sys.argv[1:6]
     bound, seed, ops = int(bound), int(seed), int(ops)
-    stop = out + ".stop"
+    stop, go = out + ".stop", sys.argv[6] if len(sys.argv) > 6 else None
     BS, URLS, BLOCKS = 16 * 1024, 6, 40
     FP = Fingerprint(BLOCKS * BS, '"v1"')
+    while go and not os.path.exists(go):
+        time.sleep(0.001)         # all start at once
     store = DiskStore(directory, bound, block_size=BS)
     rng = random.Random(seed)
     counts = dict(hits=0, foreign=0, puts=0, refused=0, wrong=0)
@@ -199,9 +201,9 @@ def from_url(url, idx):
     return payload(int(url.rsplit("/f", 1)[1]), idx)
 
 
-def start_worker(directory, seed, ops, out):
+def start_worker(directory, seed, ops, out, *go):
     return subprocess.Popen([sys.executable, "-c", WORKER, directory, str(BOUND), str(seed),
-                             str(ops), str(out)], stderr=subprocess.PIPE, text=True)
+                             str(ops), str(out), *map(str, go)], stderr=subprocess.PIPE, text=True)
 
 
 def finish(procs, outs):
@@ -232,6 +234,22 @@ def test_eight_processes_share_one_bound_and_every_byte_is_right(tmp_path):
         assert sum(c["foreign"] for c in counts) > 50, counts
         assert observer.bytes_used == disk_bytes(directory) <= BOUND
         assert verify_block_files(directory, from_url) == observer.info()["blocks"] > 0
+
+
+def test_eight_processes_make_a_new_cache_directory_at_once(tmp_path):
+    # Making a new index races: SQLite reports "locked" without waiting
+    # while another process switches the new database to WAL mode.
+    directory = str(tmp_path / "new")
+    go = tmp_path / "go"
+    outs = [tmp_path / f"w{n}.json" for n in range(8)]
+    procs = [start_worker(directory, n, 40, out, go) for n, out in enumerate(outs)]
+    time.sleep(1.0)                                  # let them import and wait
+    go.touch()
+    counts = finish(procs, outs)
+    assert sum(c["wrong"] for c in counts) == 0 and all(c["puts"] for c in counts)
+    with DiskStore(directory, BOUND, block_size=BS) as store:
+        assert store.bytes_used == disk_bytes(directory) <= BOUND
+        assert verify_block_files(directory, from_url) == store.info()["blocks"]
 
 
 def test_sigkill_mid_write_tears_nothing_and_its_reservation_is_released(tmp_path):

@@ -46,6 +46,7 @@ import os
 import secrets
 import sqlite3
 import threading
+import time
 from typing import Iterator, Optional
 
 from empiarfs.cache.disk.versions import Stored
@@ -274,7 +275,7 @@ class Index:
         self.path = os.path.join(directory, DB_NAME)
         self._write_lock = threading.Lock()
         self._read_lock = threading.Lock()
-        self._writer = self._connect(WRITE_WAIT)
+        self._writer = self._connect(WRITE_WAIT, wal=True)
         self._reader: Optional[sqlite3.Connection] = None
         try:
             self.upgraded = self._prepare()
@@ -284,11 +285,12 @@ class Index:
             self.close()
             raise
 
-    def _connect(self, wait: float) -> sqlite3.Connection:
+    def _connect(self, wait: float, wal: bool = False) -> sqlite3.Connection:
         db = sqlite3.connect(self.path, timeout=wait, check_same_thread=False,
                              isolation_level=None)
         try:
-            db.execute("PRAGMA journal_mode=WAL")
+            if wal:
+                _set_wal(db, wait)
             # WAL + NORMAL: a commit survives any process crash (kill -9);
             # only a power cut may lose the last ones, and block files are
             # checked by their own crc32 anyway.
@@ -368,3 +370,19 @@ class Index:
                     db.close()
                 except sqlite3.Error:
                     pass
+
+
+def _set_wal(db: sqlite3.Connection, wait: float) -> None:
+    """WAL mode (kept in the file once set). Switching a new database can
+    report "locked" at once, without SQLite's busy wait, while another
+    process creates it too: retry until ``wait``."""
+    deadline = time.monotonic() + wait
+    while True:
+        try:
+            if db.execute("PRAGMA journal_mode").fetchone()[0].lower() != "wal":
+                db.execute("PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() > deadline:
+                raise
+            time.sleep(0.01)
