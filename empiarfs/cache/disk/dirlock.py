@@ -61,6 +61,9 @@ class DirectoryLock:
         try:
             fcntl.flock(fd, (fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH) | fcntl.LOCK_NB)
         except OSError as exc:
+            if exc.errno not in (_errno.EAGAIN, _errno.EWOULDBLOCK):
+                os.close(fd)   # no flock here (some network filesystems): not "in use"
+                raise
             try:
                 holder = os.pread(fd, 64, 0).decode("ascii", "replace").strip() or "unknown"
             finally:

@@ -57,7 +57,10 @@ def reap(index: Index, layout: blockfile.Layout, directory: str, me: str) -> lis
     live, dead = [], []
     for token in sorted(tokens):
         claim = dirlock.claim_if_dead(directory, token)
-        (live.append(token) if claim is None else dead.append(claim))
+        if claim is None:
+            live.append(token)
+        else:
+            dead.append(claim)
     if not dead:
         return live
     try:
