@@ -370,7 +370,8 @@ def test_fingerprint_change_drops_old_blocks(archive, open_reader):
     key2 = archive.add("f", 20 * KiB, seed=2, etag="v2")   # same size, new content
     assert reader.read(key2, 0, 20 * KiB) == archive.files["f"]
     assert reader.memory.indices(key1) == []
-    assert reader.disk.fingerprint_key("f") == key2.fingerprint.key()
+    # The disk learns the new version with its first write (asynchronous).
+    assert wait_until(lambda: reader.disk.fingerprint_key("f") == key2.fingerprint.key())
     assert wait_until(lambda: reader.disk.info()["blocks"] == 5)
     for idx in range(5):
         got = reader.disk.get("f", key2.fingerprint, idx)
@@ -391,9 +392,10 @@ def test_reopened_disk_store_serves_with_zero_fetches(archive, open_reader, tmp_
 
 
 def test_a_busy_disk_store_is_a_miss_not_a_wait(archive, open_reader, tmp_path):
-    """A store held by a write or commit on a stalled disk: the lookup gives
-    up after LOOKUP_WAIT and the block comes from the network instead of
-    the read waiting on the disk (past its deadline, unbounded)."""
+    """An index held by another process's write or commit on a stalled disk:
+    the lookup gives up after LOOKUP_WAIT and the block comes from the
+    network instead of the read waiting on the disk (past its deadline,
+    unbounded)."""
     from empiarfs.cache import disk as disk_module
 
     key = archive.add("f", 8 * KiB, seed=9)
@@ -406,7 +408,7 @@ def test_a_busy_disk_store_is_a_miss_not_a_wait(archive, open_reader, tmp_path):
     held, release = threading.Event(), threading.Event()
 
     def stalled_commit():
-        with second.disk._lock:
+        with second.disk._index._read_lock:
             held.set()
             release.wait(10)
     holder = threading.Thread(target=stalled_commit)

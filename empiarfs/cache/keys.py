@@ -2,10 +2,12 @@
 
 Every tier (memory, disk) and every user of the cache (the mount, the
 Python API, ``get``) names a block by ``(FileVersion, index)``. A tier holds
-one version per URL; a request for a version that
-:meth:`FileVersion.same_version` says differs drops the blocks of the old
-one, so two versions of a file are never mixed. Nothing outside this
-package spells a key.
+one version per URL, and a lookup of a version that
+:meth:`FileVersion.same_version` says differs is a miss, so two versions of
+a file are never mixed. A store of the new version drops the old one's
+blocks (the memory tier also drops them on such a lookup; the disk tier,
+shared by several processes that may briefly disagree, only on a write).
+Nothing outside this package spells a key.
 """
 
 from __future__ import annotations

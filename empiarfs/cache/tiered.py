@@ -84,8 +84,8 @@ class TieredCache:
         spans = ranges.of_blocks(self.memory.indices(version), self.block_size, version.size)
         if self.disk is not None:
             try:
-                if self.disk.fingerprint_key(version.url) == version.fingerprint.key():
-                    spans = ranges.merge(spans + self.disk.cached_ranges(version.url))
+                spans = ranges.merge(spans + self.disk.cached_ranges(version.url,
+                                                                     version.fingerprint))
             except Exception as exc:
                 log.warning("disk cache index unreadable (%s)", exc)
         return spans

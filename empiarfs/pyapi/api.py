@@ -23,6 +23,7 @@ worker) gets its own, as sockets and threads do not survive a fork.
 
 from __future__ import annotations
 
+import atexit
 import builtins
 import io
 import logging
@@ -119,11 +120,15 @@ def default_fs():
 
 
 def close() -> None:
-    """Close the default :class:`EmpiarFS` (a later read opens a new one)."""
+    """Close the default :class:`EmpiarFS` (a later read opens a new one).
+    Also run at interpreter exit, so queued disk-cache writes land."""
     with _lock:
         old = _take_default()
     if old is not None:
         old.close()
+
+
+atexit.register(close)
 
 
 def _take_default():

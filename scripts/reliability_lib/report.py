@@ -164,7 +164,7 @@ def render(figures: dict, table: list | None, *, minutes, files, readers, took) 
         "- The metadata store's per-thread sqlite connections made descriptors grow with FUSE",
         "  thread churn (`test_open_descriptors_do_not_grow_with_work`).",
         "- A second daemon on a locked cache died with `RuntimeError: 8` instead of the",
-        "  CacheLocked message (`test_second_daemon_on_the_same_cache_refuses_naming_the_pid`).",
+        "  CacheLocked message (`test_second_daemon_with_another_block_size_refuses_naming_the_pid`).",
         "- Deeply nested entry JSON made the whole entry directory EIO",
         "  (`test_entry_json_of_the_wrong_shape[deep nesting]`).",
         "- Replies cut inside their header block were accepted (issue 11, found behind a proxy",
