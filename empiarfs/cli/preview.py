@@ -83,7 +83,7 @@ def preview_cmd(ctx, path, output, frames, count, size, columns, percentiles, ee
         from empiarfs.namespace.filesystem import EmpiarFS
 
         settings = settings_from(ctx.obj, api_url=api_url, data_url=data_url, ftp_url=ftp_url)
-        fs = EmpiarFS(settings, exclusive_cache=False)
+        fs = EmpiarFS(settings, require_disk_cache=False)
     try:
         image = preview(path, frames=spec, count=count, out=output, size=size, columns=columns,
                         percentiles=low_high, eer_grouping=eer_grouping, fs=fs)

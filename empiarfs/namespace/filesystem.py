@@ -78,11 +78,10 @@ class EmpiarFS:
     ----------
     settings : Settings, optional
         Defaults to :meth:`Settings.load` (config file and environment).
-    exclusive_cache : bool
-        Whether the disk cache is required (the name is historical: a
-        cache directory is shared by every process on the node, the mount,
-        Python API processes, Dask workers and the ``cache`` commands at
-        once). When true (the mount, the CLI), a cache that cannot be used
+    require_disk_cache : bool
+        Whether the disk cache is required (a cache directory is shared by
+        every process on the node: the mount, Python API processes, Dask
+        workers and the ``cache`` commands at once). When true (the mount, the CLI), a cache that cannot be used
         (not writable, held exclusively by another process, or used with
         another block size) is an error; when false (the Python API), this
         instance warns and runs with the memory cache only.
@@ -97,15 +96,15 @@ class EmpiarFS:
     Raises
     ------
     CacheLocked
-        ``exclusive_cache`` is true and another process holds the cache
+        ``require_disk_cache`` is true and another process holds the cache
         exclusively or uses it with another block size.
     CacheUnavailable
-        ``exclusive_cache`` is true and the cache directory cannot be
+        ``require_disk_cache`` is true and the cache directory cannot be
         created or written.
     """
 
     def __init__(self, settings: Settings | None = None, *, transport=None, archive=None,
-                 exclusive_cache: bool = True, previewer=None):
+                 require_disk_cache: bool = True, previewer=None):
         self.settings = settings or Settings.load()
         self.started = time.time()
         cache_dir = self.settings.cache_dir
@@ -115,7 +114,7 @@ class EmpiarFS:
             try:
                 check_cache_dir(cache_dir)
             except CacheUnavailable as exc:
-                if exclusive_cache:
+                if require_disk_cache:
                     raise
                 _memory_only(exc)
                 cache_dir = ""
@@ -130,7 +129,7 @@ class EmpiarFS:
             try:
                 self.disk = self._open_disk(os.path.join(cache_dir, "blocks"))
             except (CacheLocked, CacheUnavailable) as exc:
-                if exclusive_cache:
+                if require_disk_cache:
                     self.meta.close()
                     if archive is None:
                         self.archive.close()

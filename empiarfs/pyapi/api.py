@@ -114,7 +114,7 @@ def default_fs():
             # A default inherited through fork is not closed here: its
             # threads and sockets belong to the parent process.
             _default = EmpiarFS(_settings if _settings is not None else Settings.load(),
-                                exclusive_cache=False)
+                                require_disk_cache=False)
             _default_pid = os.getpid()
         return _default
 

@@ -235,7 +235,7 @@ class EmpiarDataset:
         if self._fs is None or self._fs_pid != os.getpid():
             from empiarfs.namespace.filesystem import EmpiarFS
 
-            self._fs = EmpiarFS(self.settings, exclusive_cache=False)
+            self._fs = EmpiarFS(self.settings, require_disk_cache=False)
             self._fs_pid = os.getpid()
         return self._fs
 

@@ -79,7 +79,7 @@ class EmpiarFileSystem(AbstractFileSystem):
                     settings = base.replace(**self._options)
                 except TypeError as exc:
                     raise InvalidInput(f"unknown empiar storage option: {exc}") from exc
-                self._efs = EmpiarFS(settings, exclusive_cache=False)
+                self._efs = EmpiarFS(settings, require_disk_cache=False)
                 self._owned = True
         return self._efs
 

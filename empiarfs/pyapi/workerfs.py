@@ -50,7 +50,7 @@ def fs_for(settings: Optional[Settings]):
         if fs is None:
             from empiarfs.namespace.filesystem import EmpiarFS
 
-            fs = EmpiarFS(settings, exclusive_cache=False)
+            fs = EmpiarFS(settings, require_disk_cache=False)
             _open[settings] = fs
         return fs
 
