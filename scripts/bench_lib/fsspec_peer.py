@@ -12,7 +12,10 @@ fsspec's block cache all stay as released):
   page has no length, so ``stat`` of any directory failed with EIO);
 * the listing's column-sort links (``?C=N;O=D``) are not entries.
 
-Listings are asked for with ``detail=True`` only, because
+The file system is made with fsspec's own ``use_listings_cache=True``
+(off by default for HTTP): the first change asks for the parent's listing on
+every ``stat``, and without the cache that would be one page download per
+file. Listings are asked for with ``detail=True`` only, because
 ``HTTPFileSystem`` caches whichever form it was first asked for.
 
 Threads stay off, as ``run`` defaults ("more stable"): with them on
@@ -71,7 +74,7 @@ class HTTPTree(FUSEr):
 
 def main(argv: list[str]) -> int:
     url, mountpoint = argv
-    fs = fsspec.filesystem("http")
+    fs = fsspec.filesystem("http", use_listings_cache=True)
     run(fs, url, mountpoint, foreground=True, threads=False, ops_class=HTTPTree)
     return 0
 

@@ -19,6 +19,7 @@ import argparse
 import logging
 import os
 import platform
+import signal
 import subprocess
 import sys
 import threading
@@ -182,7 +183,13 @@ def run_limited(fn, ctx: W.Context, limit: float) -> dict:
 
     thread = threading.Thread(target=target, name=f"workload-{ctx.fs}", daemon=True)
     thread.start()
-    thread.join(limit)
+    try:
+        thread.join(limit)
+    except BaseException:
+        # Interrupted (Ctrl-C, SIGTERM): the mount must not outlive the bench.
+        if ctx.current is not None:
+            ctx.current.kill()
+        raise
     if thread.is_alive():
         log.error("[%s] %s: not done after %.0f s: killed", ctx.profile, ctx.fs, limit)
         progress = dict(ctx.progress)
@@ -318,7 +325,13 @@ def run_profile(name: str, args, sizes: dict, root: str) -> dict:
     return result
 
 
+def _terminate(signum, frame):
+    # SIGTERM unwinds like Ctrl-C, so servers, the proxy and mounts are stopped.
+    raise SystemExit(128 + signum)
+
+
 def main(argv=None) -> int:
+    signal.signal(signal.SIGTERM, _terminate)
     args = parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s bench: %(message)s",
                         datefmt="%H:%M:%S")
