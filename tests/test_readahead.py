@@ -79,36 +79,55 @@ def test_interleaved_streams_are_tracked_apart_and_forgotten():
     assert policy.streams == []
 
 
-def test_scheduler_limits_each_item_and_runs_demand_first():
-    ran, active, peak = [], {"a": 0}, {"a": 0}
+def _recording_scheduler(per_item):
+    started, active, peak = [], [0], [0]
     lock = threading.Lock()
     gate = threading.Event()
 
     def run(item, job):
         with lock:
-            active[item] += 1
-            peak[item] = max(peak[item], active[item])
+            started.append(job)
+            active[0] += 1
+            peak[0] = max(peak[0], active[0])
         gate.wait(5)
         with lock:
-            active[item] -= 1
-            ran.append(job)
+            active[0] -= 1
 
-    sched = FetchScheduler(run, workers=8, per_item=2)
-    for job in ("bg1", "bg2", "bg3"):
-        sched.submit("a", job, urgent=False)
-    sched.submit("a", "demand", urgent=True)
-    sched.promote("a", lambda job: job == "bg3")
-    time.sleep(0.2)
-    gate.set()
+    return FetchScheduler(run, workers=8, per_item=per_item), started, peak, gate
+
+
+def _settle(sched, item):
     deadline = time.monotonic() + 5
-    while len(ran) < 4 and time.monotonic() < deadline:
+    while sched.busy(item) and time.monotonic() < deadline:
         time.sleep(0.01)
-    assert peak["a"] == 2
-    assert ran[2:] == ["demand", "bg3"]     # queued demand, then the promoted job
-    assert not sched.busy("a")
+    assert not sched.busy(item)
+
+
+def test_scheduler_limits_each_item():
+    sched, started, peak, gate = _recording_scheduler(per_item=2)
+    for job in range(6):
+        sched.submit("a", job, urgent=False)
+    time.sleep(0.2)
+    assert len(started) == 2          # two slots, the rest queued
+    gate.set()
+    _settle(sched, "a")
+    assert peak[0] == 2 and sorted(started) == list(range(6))
     sched.close()
     with pytest.raises(RemoteError):
         sched.submit("a", "late", urgent=True)
+
+
+def test_scheduler_runs_demand_before_read_ahead_and_promotes():
+    sched, started, _, gate = _recording_scheduler(per_item=1)
+    sched.submit("a", "running", urgent=False)
+    for job in ("bg1", "bg2", "bg3"):
+        sched.submit("a", job, urgent=False)
+    sched.submit("a", "demand", urgent=True)
+    sched.promote("a", lambda job: job == "bg3")   # a reader now waits for bg3
+    gate.set()
+    _settle(sched, "a")
+    assert started == ["running", "demand", "bg3", "bg1", "bg2"]
+    sched.close()
 
 
 def test_scheduler_hands_back_queued_jobs_on_cancel_and_close():

@@ -12,6 +12,7 @@ import os
 import shutil
 import tempfile
 import threading
+import time
 
 from pyftpdlib.authorizers import DummyAuthorizer
 from pyftpdlib.filesystems import AbstractedFS
@@ -84,7 +85,14 @@ class FtpFrontend:
             # (ioloop.loop directly: serve_forever would log a start
             # banner and configure logging on every call.)
             while not self._stop.is_set():
-                self.server.ioloop.loop(timeout=0.05, blocking=False)
+                try:
+                    self.server.ioloop.loop(timeout=0.05, blocking=False)
+                except Exception:
+                    # One bad session (a client reset mid-command, a full
+                    # descriptor table for a moment) must not take the
+                    # listening socket down for every later client.
+                    log.warning("FTP server: error in the I/O loop; serving on", exc_info=True)
+                    time.sleep(0.05)
         finally:
             self.server.close_all()
 
