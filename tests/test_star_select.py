@@ -81,7 +81,7 @@ def sha(path):
 
 
 def test_the_sample_star_resolves_to_its_stacks_and_frames(settings):
-    with EmpiarFS(settings, exclusive_cache=False) as fs, fs.open(STAR) as handle:
+    with EmpiarFS(settings, require_disk_cache=False) as fs, fs.open(STAR) as handle:
         plan = plan_star(handle, Place.archive(STAR), listdir=listing_of(fs))
     # Relative to the entry root, a parent of the STAR file's directory.
     assert plan.columns == ("rlnImageName",) and not plan.unresolved

@@ -161,9 +161,11 @@ class BlockReader:
         return self.cache.disk
 
     # ------------------------------------------------------------------ read
-    def read(self, key: FileVersion, offset: int, size: int) -> bytes:
+    def read(self, key: FileVersion, offset: int, size: int, *, readahead: bool = True) -> bytes:
         """Bytes ``[offset, offset + size)`` of the file, short only at the
-        end of the file (``b""`` past it).
+        end of the file (``b""`` past it). With ``readahead=False`` the read
+        neither joins nor starts a sequential stream (a caller that names
+        exactly the ranges it wants).
 
         Raises
         ------
@@ -202,7 +204,7 @@ class BlockReader:
                     self.stats.add("waits")
                     self._scheduler.promote(state, lambda job, idx=idx: idx in job.flights)
                 waiting[idx] = flight
-            plan = state.readahead.on_read(offset, end)
+            plan = state.readahead.on_read(offset, end) if readahead else None
             prefetch = self._claim(state, plan) if plan is not None else {}
         if found:
             self.stats.add("hits_memory", len(found))

@@ -204,7 +204,10 @@ class EmpiarFS:
         """``size`` bytes at ``offset`` of the file at ``path`` (short at EOF)."""
         return self.read_node(self.stat(path), offset, size)
 
-    def read_node(self, node: Node, offset: int, size: int) -> bytes:
+    def read_node(self, node: Node, offset: int, size: int, *, readahead: bool = True) -> bytes:
+        """Bytes ``[offset, offset + size)`` of a file node; ``readahead=False``
+        for reads that know exactly what they want (a prefetch of named
+        frames) and must not start a sequential stream."""
         if node.kind == "virtual":
             data = self.catalog.content(node)
             return data[offset:offset + size]
@@ -214,7 +217,8 @@ class EmpiarFS:
             raise InvalidInput("negative offset or size")
         if offset >= node.size or size == 0:
             return b""
-        return self.reader.read(self.file_key(node), offset, min(size, node.size - offset))
+        return self.reader.read(self.file_key(node), offset, min(size, node.size - offset),
+                                readahead=readahead)
 
     def file_key(self, node: Node) -> FileKey:
         return FileKey(node.info.url, node.info.fingerprint)

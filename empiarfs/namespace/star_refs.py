@@ -587,18 +587,15 @@ def prefetch(fs, plan: StarPlan, *, jobs: int = 4,
                 layout = stack_layout(raw, name=str(place))
             counts[place] = layout.n_frames
             spans = layout.byte_ranges(frames)
-            # Highest range first, each from its end down: the block
-            # reader's read-ahead follows reads that continue upwards, and
-            # must not fetch what no reference names.
-            pieces = [p for start, end in reversed(spans) for p in _down(start, end, step)]
         else:
             spans = [(0, node.size)]
-            pieces = [(lo, min(lo + step, node.size)) for lo in range(0, node.size, step)]
+        # Exactly the named ranges: no read-ahead past what a reference names.
+        pieces = [(lo, min(lo + step, end)) for start, end in spans for lo in range(start, end, step)]
         size = ranges.total(spans)
         if progress is not None:
             progress.started(place, node, size)
         for lo, hi in pieces:
-            data = fs.read_node(node, lo, hi - lo)
+            data = fs.read_node(node, lo, hi - lo, readahead=frames is None)
             if progress is not None:
                 progress.advanced(place, len(data))
         seconds = time.monotonic() - began
@@ -615,17 +612,3 @@ def prefetch(fs, plan: StarPlan, *, jobs: int = 4,
         done = list(pool.map(one, work))
     plan.check_frames(counts)
     return done
-
-
-def _down(start: int, end: int, step: int):
-    """``[start, end)`` in pieces of at most ``step`` bytes, last piece first."""
-    stop = end
-    while stop > start:
-        lo = max(start, stop - step)
-        yield lo, stop
-        stop = lo
-
-
-__all__ = ["COLUMNS", "Place", "Ref", "Unresolved", "StarPlan", "StackLayout", "Prefetched",
-           "Progress", "plan_star", "resolve_tables", "listing_of", "mount_place",
-           "stack_layout", "frames_addressable", "frame_counts", "prefetch"]
