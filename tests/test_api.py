@@ -15,6 +15,7 @@ import pandas as pd
 import pytest
 import starfile
 import tifffile
+from support.archive import blocks_covering, counting_fs, fetched, source
 
 import empiarfs
 from empiarfs.archive_server import ArchiveServer
@@ -27,30 +28,10 @@ STACK = "EMPIAR-10002/data/102_movie_gc.mrcs"      # float32, no extended header
 FEI_STACK = "EMPIAR-10002/data/103_movie_gc.mrcs"  # int16 with an FEI1 extended header
 
 
-def source(sample_root, archive_path):
-    acc, rel = archive_path.split("/", 1)
-    return os.path.join(sample_root, "world_availability", acc.split("-")[1], *rel.split("/"))
-
-
 @pytest.fixture
-def efs(archive_server, tmp_path, settings_for):
-    # No read-ahead, small blocks: the byte counters then show exactly
-    # which blocks a read needed.
-    fs = EmpiarFS(settings_for(archive_server, tmp_path, block_size=BLOCK, readahead=0))
-    yield fs
-    fs.close()
-
-
-def fetched(fs) -> int:
-    return fs.stats()["reader"]["bytes_fetched"]
-
-
-def blocks_covering(*ranges) -> int:
-    """Bytes of the distinct blocks touched by ``(start, end)`` ranges."""
-    touched = set()
-    for start, end in ranges:
-        touched.update(range(start // BLOCK, (end - 1) // BLOCK + 1))
-    return len(touched) * BLOCK
+def efs(archive_server, tmp_path):
+    with counting_fs(archive_server, tmp_path, BLOCK) as fs:
+        yield fs
 
 
 def test_entry_metadata_and_file_selection(efs):
@@ -85,7 +66,7 @@ def test_frames_equal_source_and_fetch_only_their_blocks(efs, sample_root, path,
     np.testing.assert_array_equal(got, expected)
     assert got.dtype == expected.dtype
     indices = np.atleast_1d(np.arange(12)[frames])
-    needed = blocks_covering((0, header_end), *[(header_end + i * frame_bytes,
+    needed = blocks_covering(BLOCK, (0, header_end), *[(header_end + i * frame_bytes,
                                                  header_end + (i + 1) * frame_bytes)
                                                 for i in indices])
     assert 0 < fetched(efs) <= needed

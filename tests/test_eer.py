@@ -11,22 +11,17 @@ import os
 import numpy as np
 import pytest
 import tifffile
+from support.archive import counting_fs, fetched, source
 from support.eer import random_movie
 
 import empiarfs
 from empiarfs.archive_server.sample import EER_FRAMES, EER_MOVIE, EER_SIZE
 from empiarfs.errors import BadFile, InvalidInput
-from empiarfs.namespace.filesystem import EmpiarFS
 from empiarfs.pyapi import api
 
 BLOCK = 4096
 MOVIE = f"EMPIAR-10934/{EER_MOVIE}"
 SUPERRES = {1: 0, 2: 1, 4: 2}
-
-
-def source(sample_root, archive_path):
-    acc, rel = archive_path.split("/", 1)
-    return os.path.join(sample_root, "world_availability", acc.split("-")[1], *rel.split("/"))
 
 
 def tifffile_frames(path, key, upsampling=1) -> np.ndarray:
@@ -36,16 +31,10 @@ def tifffile_frames(path, key, upsampling=1) -> np.ndarray:
 
 
 @pytest.fixture
-def efs(archive_server, tmp_path, settings_for):
-    # Smallest blocks, no read-ahead: the byte counter then shows which
-    # bytes a read needed, at 4 KiB granularity.
-    fs = EmpiarFS(settings_for(archive_server, tmp_path, block_size=BLOCK, readahead=0))
-    yield fs
-    fs.close()
-
-
-def fetched(fs) -> int:
-    return fs.stats()["reader"]["bytes_fetched"]
+def efs(archive_server, tmp_path):
+    # Smallest blocks: the byte counter shows what a read needed at 4 KiB granularity.
+    with counting_fs(archive_server, tmp_path, BLOCK) as fs:
+        yield fs
 
 
 def needed_blocks(path, last_frame, frames) -> tuple[int, int]:

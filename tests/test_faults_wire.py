@@ -31,7 +31,7 @@ from pathlib import Path
 
 import pytest
 from support.apache import ApacheTwin, unavailable_reason
-from support.archive import settings_for
+from support.archive import closed_ftp_url, injected, settings_for
 from support.faultproxy import FaultProxy, Rule, check_read, read_in_thread
 from support.mounting import mounted, requires_fuse
 
@@ -104,16 +104,14 @@ def local(sample_root, path: str) -> bytes:
     return Path(sample_root, "world_availability", *path.strip("/").split("/")).read_bytes()
 
 
-def injected(server) -> dict:
-    return {k[len("faults."):]: v for k, v in server.stats.snapshot().items() if k.startswith("faults.")}
-
-
-def closed_ftp_url() -> str:
-    """An FTP URL where nothing listens: sizes must come from HTTP."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    return f"ftp://127.0.0.1:{port}/empiar/world_availability"
+def faulted(server, faults, kind: str, reply: str):
+    """The undamaged reply (status line, fields, body) of ``reply``; then the
+    raw bytes of the same request with ``kind`` injected, counted once."""
+    undamaged = reference(server.port, reply)
+    faults.inject(kind)
+    raw, _ = exchange(server.port, *REPLIES[reply])
+    assert injected(server) == {kind: 1}
+    return undamaged, raw
 
 
 # --------------------------------------------------------------------------
@@ -122,26 +120,20 @@ def closed_ftp_url() -> str:
 
 @pytest.mark.parametrize("reply", sorted(REPLIES))
 def test_cut_inside_the_status_line(archive_server, faults, reply):
-    status, _, _ = reference(archive_server.port, reply)
-    faults.inject("cut_status")
-    raw, _ = exchange(archive_server.port, *REPLIES[reply])
+    (status, _, _), raw = faulted(archive_server, faults, "cut_status", reply)
     assert raw and b"\n" not in raw, raw
     assert (status + b"\r").startswith(raw) and len(raw) <= len(status) + 1
-    assert injected(archive_server) == {"cut_status": 1}
 
 
 @pytest.mark.parametrize("reply", sorted(REPLIES))
 def test_cut_at_a_header_line_boundary(archive_server, faults, reply):
-    status, fields, _ = reference(archive_server.port, reply)
-    faults.inject("cut_header_line")
-    raw, _ = exchange(archive_server.port, *REPLIES[reply])
+    (status, fields, _), raw = faulted(archive_server, faults, "cut_header_line", reply)
     assert raw.endswith(b"\r\n") and b"\r\n\r\n" not in raw, "the header block must have no blank line"
     got_status, *lines = raw[:-2].split(b"\r\n")
     assert got_status == status
     names = [n for n, _ in fields]
     got = [ln.partition(b":")[0].decode() for ln in lines]
     assert got == names[:len(got)]  # all of them, perhaps, but never the blank line
-    assert injected(archive_server) == {"cut_header_line": 1}
 
 
 VALUE_CUTS = [("file_get", "ETag"), ("file_get", "Content-Length"), ("file_get", "Content-Range"),
@@ -151,38 +143,29 @@ VALUE_CUTS = [("file_get", "ETag"), ("file_get", "Content-Length"), ("file_get",
 
 @pytest.mark.parametrize("reply,header", VALUE_CUTS)
 def test_cut_inside_a_header_value(archive_server, faults, reply, header):
-    _, fields, _ = reference(archive_server.port, reply)
-    (truth,) = values(fields, header)
     faults.set(cut_headers=(header,))
-    faults.inject("cut_header_value")
-    raw, _ = exchange(archive_server.port, *REPLIES[reply])
+    (_, fields, _), raw = faulted(archive_server, faults, "cut_header_value", reply)
+    (truth,) = values(fields, header)
     assert not raw.endswith(b"\n") and b"\r\n\r\n" not in raw
     last = raw.rsplit(b"\r\n", 1)[-1]
     name, _, partial = last.partition(b": ")
     assert name.decode() == header
     assert truth.startswith(partial) and 0 < len(partial) < len(truth), (partial, truth)
-    assert injected(archive_server) == {"cut_header_value": 1}
 
 
 @pytest.mark.parametrize("reply", WITH_BODY)
 def test_cut_after_the_headers(archive_server, faults, reply):
-    _, _, body = reference(archive_server.port, reply)
-    faults.inject("cut_after_headers")
-    raw, _ = exchange(archive_server.port, *REPLIES[reply])
+    (_, _, body), raw = faulted(archive_server, faults, "cut_after_headers", reply)
     _, got_fields, got_body = parse(raw)
     assert got_body == b"" and int(values(got_fields, "Content-Length")[0]) == len(body) > 0
-    assert injected(archive_server) == {"cut_after_headers": 1}
 
 
 @pytest.mark.parametrize("reply", WITH_BODY)
 def test_cut_inside_the_body(archive_server, faults, reply):
-    _, _, body = reference(archive_server.port, reply)
-    faults.inject("cut_body")
-    raw, _ = exchange(archive_server.port, *REPLIES[reply])
+    (_, _, body), raw = faulted(archive_server, faults, "cut_body", reply)
     _, fields, got = parse(raw)
     assert 0 < len(got) < len(body) and body.startswith(got)
     assert int(values(fields, "Content-Length")[0]) == len(body)
-    assert injected(archive_server) == {"cut_body": 1}
 
 
 def test_a_cut_may_end_with_a_reset(archive_server, faults):
@@ -205,36 +188,29 @@ def test_an_injection_waits_for_a_reply_it_fits(archive_server, faults, sample_r
 
 @pytest.mark.parametrize("reply", ["file_get", "file_head"])
 def test_malformed_etag(archive_server, faults, sample_root, reply):
-    _, fields, body = reference(archive_server.port, reply)
-    faults.inject("malformed_etag")
-    raw, _ = exchange(archive_server.port, *REPLIES[reply])
+    (_, fields, body), raw = faulted(archive_server, faults, "malformed_etag", reply)
     _, got_fields, got_body = parse(raw)
     (etag,) = values(got_fields, "ETag")
     assert not ENTITY_TAG.match(etag), etag
     assert ENTITY_TAG.match(values(fields, "ETag")[0])
-    assert got_body == body and injected(archive_server) == {"malformed_etag": 1}
+    assert got_body == body
 
 
 @pytest.mark.parametrize("reply", ["file_get", "file_head"])
 def test_duplicate_etag(archive_server, faults, reply):
-    _, fields, _ = reference(archive_server.port, reply)
-    faults.inject("duplicate_etag")
-    raw, _ = exchange(archive_server.port, *REPLIES[reply])
+    (_, fields, _), raw = faulted(archive_server, faults, "duplicate_etag", reply)
     tags = values(parse(raw)[1], "ETag")
     assert len(tags) == 2 and tags[0] != tags[1] and values(fields, "ETag")[0] in tags
     assert all(ENTITY_TAG.match(t) for t in tags)
-    assert injected(archive_server) == {"duplicate_etag": 1}
 
 
 @pytest.mark.parametrize("reply", sorted(REPLIES))
 def test_malformed_length_body_ends_at_close(archive_server, faults, reply):
-    _, _, body = reference(archive_server.port, reply)
-    faults.inject("malformed_length")
-    raw, _ = exchange(archive_server.port, *REPLIES[reply])
+    (_, _, body), raw = faulted(archive_server, faults, "malformed_length", reply)
     _, fields, got = parse(raw)
     (length,) = values(fields, "Content-Length")
     assert not length.isdigit(), length
-    assert got == body and injected(archive_server) == {"malformed_length": 1}
+    assert got == body
 
 
 def test_content_range_and_content_length_disagree(archive_server, faults, sample_root):
@@ -250,14 +226,11 @@ def test_content_range_and_content_length_disagree(archive_server, faults, sampl
 
 @pytest.mark.parametrize("reply", sorted(REPLIES))
 def test_http10_close_delimited(archive_server, faults, reply):
-    _, fields, body = reference(archive_server.port, reply)
-    faults.inject("http10_close")
-    raw, _ = exchange(archive_server.port, *REPLIES[reply])
+    (_, fields, body), raw = faulted(archive_server, faults, "http10_close", reply)
     status, got_fields, got = parse(raw)
     assert status.startswith(b"HTTP/1.0 ") and not values(got_fields, "Content-Length")
     assert values(got_fields, "Connection") == [b"close"] and got == body
     assert values(got_fields, "Content-Range") == values(fields, "Content-Range")
-    assert injected(archive_server) == {"http10_close": 1}
 
 
 def test_whole_200_to_a_range_request(archive_server, faults, sample_root):

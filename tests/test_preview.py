@@ -11,13 +11,12 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 from PIL import Image
-from support.archive import env_for
+from support.archive import blocks_covering, counting_fs, env_for, fetched, source
 
 import empiarfs
 from empiarfs.archive_server.sample import EER_MOVIE
 from empiarfs.cli import main
 from empiarfs.errors import InvalidInput, NotFound
-from empiarfs.namespace.filesystem import EmpiarFS
 from empiarfs.tools.preview import render, spread
 
 BLOCK = 64 * 1024
@@ -25,27 +24,10 @@ STACK = "EMPIAR-10002/data/103_movie_gc.mrcs"   # 12 x 256 x 256 int16, FEI1 ext
 SEM = "EMPIAR-11419/data/HeLa/Raw SEM images"   # 5 slices 96 x 128 and a 64 x 64 overview
 
 
-def source(sample_root, archive_path):
-    acc, rel = archive_path.split("/", 1)
-    return os.path.join(sample_root, "world_availability", acc.split("-")[1], *rel.split("/"))
-
-
 @pytest.fixture
-def efs(archive_server, tmp_path, settings_for):
-    fs = EmpiarFS(settings_for(archive_server, tmp_path, block_size=BLOCK, readahead=0))
-    yield fs
-    fs.close()
-
-
-def fetched(fs) -> int:
-    return fs.stats()["reader"]["bytes_fetched"]
-
-
-def blocks_covering(*ranges) -> int:
-    touched = set()
-    for start, end in ranges:
-        touched.update(range(start // BLOCK, (end - 1) // BLOCK + 1))
-    return len(touched) * BLOCK
+def efs(archive_server, tmp_path):
+    with counting_fs(archive_server, tmp_path, BLOCK) as fs:
+        yield fs
 
 
 def test_montage_png_size_and_only_the_shown_frames_fetched(efs, sample_root, tmp_path):
@@ -63,7 +45,7 @@ def test_montage_png_size_and_only_the_shown_frames_fetched(efs, sample_root, tm
     with mrcfile.open(source(sample_root, STACK), header_only=True) as ref:
         start = 1024 + int(ref.header.nsymbt)
     frame = 256 * 256 * 2
-    needed = blocks_covering((0, start), *[(start + i * frame, start + (i + 1) * frame)
+    needed = blocks_covering(BLOCK, (0, start), *[(start + i * frame, start + (i + 1) * frame)
                                            for i in (0, 5, 11)])
     assert 0 < fetched(efs) <= needed
     assert fetched(efs) < os.path.getsize(source(sample_root, STACK)) / 2

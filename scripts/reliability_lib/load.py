@@ -18,14 +18,13 @@ from __future__ import annotations
 import errno
 import logging
 import os
-import socket
 import time
 import types
 from concurrent.futures import ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
 from pathlib import Path
 
-from support.archive import settings_for
+from support.archive import closed_ftp_url, injected, settings_for
 from support.faultproxy import FaultProxy, Rule, daemon_pid, proc_sample, run_load
 from support.mounting import mounted, stats
 
@@ -137,7 +136,7 @@ def mixed(server, truths, work, *, seconds: float, readers: int) -> dict:
     text = (tmp / "mnt.log").read_text(errors="replace")
     return {
         "result": result, "seconds": seconds, "deadline": DEADLINE, "bound": BOUND,
-        "files": len(truths), "faults": _injected(server),
+        "files": len(truths), "faults": injected(server),
         "rss_before_kib": rss0, "rss_after_kib": rss1, "fds_before": fds0, "fds_after": fds1,
         "network": counters["network"], "reader": counters["reader"],
         "disk_used": counters["disk_cache"].get("bytes_used", 0), "disk_max": 48 << 20,
@@ -163,7 +162,7 @@ def by_kind(server, kind: str, truths, work, *, seconds: float, readers: int) ->
                                        data_url=proxy.url + "/empiar/world_availability")
     else:
         faults.set(seed=KINDS.index(kind), **_kinds()[kind])
-    settings = settings_for(target, tmp, ftp_url=_closed_ftp_url(), deadline=DEADLINE, stall_timeout=1.0,
+    settings = settings_for(target, tmp, ftp_url=closed_ftp_url(), deadline=DEADLINE, stall_timeout=1.0,
                             hedge_after=0.5, retries=4, backoff_max=0.2, memory_cache=64 << 20,
                             cache_size=48 << 20)
     tick = _bursts(faults) if kind == "error" else None
@@ -182,16 +181,16 @@ def by_kind(server, kind: str, truths, work, *, seconds: float, readers: int) ->
         if proxy is not None:
             proxy.stop()
     if proxy is not None:
-        injected = {k: v for k, v in proxy.counts.items() if k in ("stall", "random_cut")}
+        of_kind = {k: v for k, v in proxy.counts.items() if k in ("stall", "random_cut")}
         detail = {f"cut in {k.split(':', 1)[1]}": v for k, v in proxy.counts.items()
                   if k.startswith("random_cut:")}
         detail["stalls"] = proxy.counts["stall"]
     else:
-        counts = _injected(server)
-        injected = {k: v for k, v in counts.items() if k == kind}
+        counts = injected(server)
+        of_kind = {k: v for k, v in counts.items() if k == kind}
         detail = {k: v for k, v in counts.items() if k != kind}
     text = (tmp / "mnt.log").read_text(errors="replace")
-    return {"kind": kind, "injected": sum(injected.values()), "detail": detail, "result": result,
+    return {"kind": kind, "injected": sum(of_kind.values()), "detail": detail, "result": result,
             "wrong_sizes": wrong_sizes, "stat_errors": stat_errors, "stat_seconds": stat_seconds,
             "tracebacks": text.count("Traceback"), "crashes": 0 if result.daemon_alive else 1}
 
@@ -219,15 +218,3 @@ def _check_sizes(mnt, truths, limit: float = 3 * BOUND) -> tuple[int, dict]:
             errors[err] = errors.get(err, 0) + 1
     pool.shutdown(wait=False, cancel_futures=True)
     return wrong, errors
-
-
-def _injected(server) -> dict:
-    return {k[len("faults."):]: v for k, v in server.stats.snapshot().items() if k.startswith("faults.")}
-
-
-def _closed_ftp_url() -> str:
-    """An FTP URL where nothing listens: sizes must come from HTTP."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    return f"ftp://127.0.0.1:{port}/empiar/world_availability"

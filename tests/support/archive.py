@@ -1,9 +1,13 @@
-"""Settings pointing at a local archive server, for tests."""
+"""The sample archive and the project's server, for tests: Settings aimed
+at a server, the local file behind an archive path, an EmpiarFS whose byte
+counter shows which blocks a read needed, the server's fault counters."""
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
+import socket
 
 from empiarfs.config import Settings
 
@@ -32,3 +36,48 @@ def env_for(settings) -> dict:
         value = getattr(settings, f.name)
         env["EMPIARFS_" + f.name.upper()] = ",".join(value) if isinstance(value, tuple) else str(value)
     return env
+
+
+def closed_ftp_url() -> str:
+    """An FTP URL where nothing listens: sizes must come from HTTP."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    return f"ftp://127.0.0.1:{port}/empiar/world_availability"
+
+
+def source(sample_root, archive_path: str) -> str:
+    """The sample's file on disk behind ``EMPIAR-N/relpath``."""
+    acc, rel = archive_path.split("/", 1)
+    return os.path.join(sample_root, "world_availability", acc.split("-")[1], *rel.split("/"))
+
+
+@contextlib.contextmanager
+def counting_fs(server, tmp_path, block_size: int):
+    """An EmpiarFS on ``server`` with ``block_size`` blocks and no
+    read-ahead, closed on exit: its byte counter (:func:`fetched`) then
+    shows exactly which blocks a read needed."""
+    # Imported here: the soak scripts import this module without needing it.
+    from empiarfs.namespace.filesystem import EmpiarFS
+
+    with EmpiarFS(settings_for(server, tmp_path, block_size=block_size, readahead=0)) as fs:
+        yield fs
+
+
+def fetched(fs) -> int:
+    """Bytes an EmpiarFS's block reader has fetched from the network."""
+    return fs.stats()["reader"]["bytes_fetched"]
+
+
+def blocks_covering(block_size: int, *ranges) -> int:
+    """Bytes of the distinct ``block_size`` blocks touched by ``(start, end)`` ranges."""
+    touched = set()
+    for start, end in ranges:
+        touched.update(range(start // block_size, (end - 1) // block_size + 1))
+    return len(touched) * block_size
+
+
+def injected(server) -> dict:
+    """Faults an ArchiveServer has injected so far, by kind (its
+    ``faults.<kind>`` counters)."""
+    return {k[len("faults."):]: v for k, v in server.stats.snapshot().items() if k.startswith("faults.")}
