@@ -13,6 +13,7 @@ import threading
 import time
 
 import pytest
+from support.diskcache import block_files, disk_bytes, held_elsewhere
 
 from empiarfs.cache.disk import CacheLocked, DiskStore
 from empiarfs.model import Fingerprint
@@ -25,23 +26,6 @@ FP = Fingerprint(100 * BS + 100, "etag-1")
 
 def payload(index, size=BS, seed=0):
     return random.Random(seed * 1_000_003 + index).randbytes(size)
-
-
-def block_files(directory):
-    found = []
-    for root, _dirs, files in os.walk(os.path.join(directory, "blocks")):
-        found.extend(os.path.join(root, f) for f in files)
-    return found
-
-
-def disk_bytes(directory):
-    total = 0
-    for path in block_files(directory):
-        try:
-            total += os.path.getsize(path)
-        except FileNotFoundError:
-            pass
-    return total
 
 
 @pytest.fixture
@@ -312,23 +296,11 @@ def test_a_busy_index_is_a_miss_not_a_wait(store):
 
     store.put(URL, FP, 0, payload(0))
     other = DiskStore(store.directory, 1 << 20, block_size=BS)
-    held, release = threading.Event(), threading.Event()
-
-    def stalled():
-        with other._index.read():
-            held.set()
-            release.wait(10)
-    holder = threading.Thread(target=stalled)
-    holder.start()
-    try:
-        assert held.wait(5)
+    with held_elsewhere(other._index.read):
         started = time.monotonic()
         assert other.get(URL, FP, 0) is None
         assert store_module.LOOKUP_WAIT <= time.monotonic() - started < store_module.LOOKUP_WAIT + 1
         assert other.busy_misses == 1
-    finally:
-        release.set()
-        holder.join()
     assert other.get(URL, FP, 0) == payload(0)             # and once free, a hit
     assert other.info()["busy_misses"] == 1
     other.close()

@@ -14,6 +14,7 @@ import threading
 import time
 
 import pytest
+from support.diskcache import disk_bytes, held_elsewhere
 
 import empiarfs.cache
 from empiarfs.cache.disk import DiskStore
@@ -333,14 +334,7 @@ def test_memory_and_disk_bounds_hold_while_reading_three_times_their_size(
 
     def sampler():
         while not stop.is_set():
-            on_disk = 0
-            for root, _dirs, files in os.walk(os.path.join(directory, "blocks")):
-                for name in files:
-                    try:
-                        on_disk += os.path.getsize(os.path.join(root, name))
-                    except FileNotFoundError:
-                        pass
-            samples.append((reader.memory.bytes_used, reader.disk.bytes_used, on_disk))
+            samples.append((reader.memory.bytes_used, reader.disk.bytes_used, disk_bytes(directory)))
 
     watcher = threading.Thread(target=sampler)
     watcher.start()
@@ -405,24 +399,12 @@ def test_a_busy_disk_store_is_a_miss_not_a_wait(archive, open_reader, tmp_path):
     close(first)
     second = open_reader(make_settings(deadline=5.0), disk=True, directory=directory)
     before = len(archive.requests)
-    held, release = threading.Event(), threading.Event()
-
-    def stalled_commit():
-        with second.disk._index._read_lock:
-            held.set()
-            release.wait(10)
-    holder = threading.Thread(target=stalled_commit)
-    holder.start()
-    try:
-        assert held.wait(5)
+    with held_elsewhere(lambda: second.disk._index._read_lock):
         started = time.monotonic()
         assert second.read(key, 0, key.size) == archive.files["f"]
         assert time.monotonic() - started < disk_module.LOOKUP_WAIT + 2.0
         assert len(archive.requests) > before
         assert second.disk.busy_misses >= 1
-    finally:
-        release.set()
-        holder.join()
     assert second.disk.info()["busy_misses"] >= 1
 
 

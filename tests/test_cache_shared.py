@@ -30,6 +30,7 @@ import zlib
 
 import pytest
 from support.archive import env_for, settings_for
+from support.diskcache import disk_bytes
 from support.mounting import EMPIARFS, mounted, requires_fuse, sha256_of, stats
 
 from empiarfs.cache.disk import DiskStore
@@ -114,17 +115,6 @@ VICTIM = inspect.getsource(payload) + textwrap.dedent(
     blockfile.write = torn
     store.put("https://archive.invalid/f99", FP, 7, payload(99, 7))
     """)
-
-
-def disk_bytes(directory):
-    total = 0
-    for root, _dirs, files in os.walk(os.path.join(directory, "blocks")):
-        for name in files:
-            try:
-                total += os.path.getsize(os.path.join(root, name))
-            except FileNotFoundError:
-                pass
-    return total
 
 
 class BoundSampler(threading.Thread):
