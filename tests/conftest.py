@@ -61,6 +61,14 @@ def settings_for():
     return _settings_for
 
 
+@pytest.fixture(scope="module")
+def module_settings(archive_server, tmp_path_factory):
+    """Settings on the sample server (FTP off) with one cache directory per
+    test module: for modules whose readers run in worker processes (Dask,
+    intake), which rebuild an EmpiarFS from the settings they are handed."""
+    return _settings_for(archive_server, tmp_path_factory.mktemp("module"), ftp_url="")
+
+
 @pytest.fixture(scope="session")
 def apache_twin(sample_root):
     """Apache httpd serving the same tree (``.data_url``, ``.url``)."""

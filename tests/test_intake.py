@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 import tifffile
 from intake.readers.entry import Catalog
-from support.archive import settings_for
+from support.archive import movie_set
 
 from empiarfs.archive_server.sample import sample_entries
 from empiarfs.errors import InvalidInput, NotFound
@@ -36,27 +36,13 @@ IMAGESET = "Movie stacks of 80S ribosomes"
 
 
 @pytest.fixture(scope="module")
-def settings(archive_server, tmp_path_factory):
-    return settings_for(archive_server, tmp_path_factory.mktemp("intake"), ftp_url="")
-
-
-@pytest.fixture(scope="module")
-def cat(settings):
-    return catalog(settings)
+def cat(module_settings):
+    return catalog(module_settings)
 
 
 def api_record(sample_root, accession) -> dict:
     with open(os.path.join(sample_root, "api", f"{accession}.json"), encoding="utf-8") as handle:
         return next(iter(json.load(handle).values()))
-
-
-def movies(sample_root) -> np.ndarray:
-    stacks = []
-    for n in range(100, 108):
-        with mrcfile.open(os.path.join(sample_root, "world_availability", "10002", "data",
-                                       f"{n}_movie_gc.mrcs")) as ref:
-            stacks.append(ref.data.astype(np.float32))
-    return np.concatenate(stacks)
 
 
 def test_catalog_lists_entries_and_imagesets(cat, sample_root):
@@ -77,7 +63,7 @@ def test_imageset_as_dask_and_numpy_equals_source(cat, sample_root):
     reader = cat["EMPIAR-10002"].read()[IMAGESET]
     lazy = reader.read()
     assert lazy.shape == (96, 256, 256) and lazy.chunks[0] == (1,) * 96
-    ref = movies(sample_root)
+    ref = movie_set(sample_root)
     np.testing.assert_array_equal(dask.compute(lazy, scheduler="threads")[0], ref)
     some = reader.to_reader("numpy").read(frames=slice(10, 15))
     assert isinstance(some, np.ndarray)
@@ -115,8 +101,8 @@ def test_catalog_file_round_trip(cat, sample_root, tmp_path):
     np.testing.assert_array_equal(got, np.concatenate(expected))
 
 
-def test_readers_from_data_types(settings, sample_root):
-    options = options_from_settings(settings)
+def test_readers_from_data_types(module_settings, sample_root):
+    options = options_from_settings(module_settings)
     some = EMPIARArchiveReader(data=EMPIARArchive(options=options)).read(
         accessions=["10002", 11561])
     assert list(some) == ["EMPIAR-10002", "EMPIAR-11561"]
@@ -126,11 +112,11 @@ def test_readers_from_data_types(settings, sample_root):
     lazy = source.to_reader("dask").read(frames_per_chunk="file")
     assert lazy.chunks[0] == (12, 12)
     np.testing.assert_array_equal(lazy[11:13].compute(scheduler="threads"),
-                                  movies(sample_root)[11:13])
+                                  movie_set(sample_root)[11:13])
 
 
-def test_bad_input(settings):
-    options = options_from_settings(settings)
+def test_bad_input(module_settings):
+    options = options_from_settings(module_settings)
     with pytest.raises(NotFound):
         EMPIAREntryReader(data=EMPIAREntry("empiar://EMPIAR-99999", options=options)).read()
     with pytest.raises(InvalidInput, match="not an EMPIAR accession"):

@@ -52,6 +52,22 @@ def source(sample_root, archive_path: str) -> str:
     return os.path.join(sample_root, "world_availability", acc.split("-")[1], *rel.split("/"))
 
 
+def movie_frames(sample_root, n: int):
+    """The frames of the sample's ``EMPIAR-10002/data/{n}_movie_gc.mrcs``, read from disk."""
+    import mrcfile
+
+    with mrcfile.open(source(sample_root, f"EMPIAR-10002/data/{n}_movie_gc.mrcs")) as ref:
+        return ref.data.copy()
+
+
+def movie_set(sample_root):
+    """The 96 frames of EMPIAR-10002's image set (stacks 100 to 107, six
+    int16 and two float32) as one float32 array, as the image set loads."""
+    import numpy as np
+
+    return np.concatenate([movie_frames(sample_root, n).astype(np.float32) for n in range(100, 108)])
+
+
 @contextlib.contextmanager
 def counting_fs(server, tmp_path, block_size: int):
     """An EmpiarFS on ``server`` with ``block_size`` blocks and no
