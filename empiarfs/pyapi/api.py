@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import atexit
 import builtins
+import functools
 import io
 import logging
 import os
@@ -323,14 +324,9 @@ def load_mrc(path, *, frames: FrameSpec = None, header_only: bool = False, fs=No
     """
     from empiarfs.formats.mrc import read_mrc
 
-    _, compressed = _kind(path, name, "mrc")
-    partial = header_only or frames is not None
-    with _Source(path, fs, name, random_access=partial and not compressed) as src:
-        if compressed:
-            with _random_bz2(path, fs, src) as stream:
-                return read_mrc(stream.file, frames=frames, header_only=header_only,
-                                name=src.name)
-        return read_mrc(src.file, frames=frames, header_only=header_only, name=src.name)
+    return _read_image(path, fs, name, "mrc",
+                       functools.partial(read_mrc, frames=frames, header_only=header_only),
+                       selective=header_only or frames is not None)
 
 
 def load_tiff(path, *, pages: FrameSpec = None, fs=None, name: Optional[str] = None):
@@ -376,12 +372,8 @@ def load_tiff(path, *, pages: FrameSpec = None, fs=None, name: Optional[str] = N
     """
     from empiarfs.formats.tiff import read_tiff
 
-    _, compressed = _kind(path, name, "tiff")
-    with _Source(path, fs, name, random_access=pages is not None and not compressed) as src:
-        if compressed:
-            with _random_bz2(path, fs, src, build=True) as stream:
-                return read_tiff(stream.file, pages=pages, name=src.name)
-        return read_tiff(src.file, pages=pages, name=src.name)
+    return _read_image(path, fs, name, "tiff", functools.partial(read_tiff, pages=pages),
+                       selective=pages is not None, build_index=True)
 
 
 def load_eer(path, *, frames: FrameSpec = None, grouping: int = 1, upsampling: int = 1,
@@ -432,14 +424,26 @@ def load_eer(path, *, frames: FrameSpec = None, grouping: int = 1, upsampling: i
     from empiarfs.formats.eer import check_options, read_eer
 
     check_options(grouping, upsampling)
-    _, compressed = _kind(path, name, "tiff")
-    with _Source(path, fs, name, random_access=frames is not None and not compressed) as src:
+    return _read_image(path, fs, name, "tiff",
+                       functools.partial(read_eer, frames=frames, grouping=grouping,
+                                         upsampling=upsampling),
+                       selective=frames is not None, build_index=True, unbuffered=True)
+
+
+def _read_image(path, fs, name, kind: str, read, *, selective: bool, build_index: bool = False,
+                unbuffered: bool = False):
+    """``read(file, name=...)`` over ``path`` (a ``kind`` file, else
+    ``UnsupportedFormat``). ``x.<kind>.bz2`` is read through
+    :func:`_random_bz2` (``build_index``: build its block index on the first
+    read); a plain file as opened, or under our read buffer (``unbuffered``).
+    ``selective``: only parts are read, so a plain file gets random-access
+    advice."""
+    _, compressed = _kind(path, name, kind)
+    with _Source(path, fs, name, random_access=selective and not compressed) as src:
         if compressed:
-            with _random_bz2(path, fs, src, build=True) as stream:
-                return read_eer(stream.file, frames=frames, grouping=grouping,
-                                upsampling=upsampling, name=src.name)
-        return read_eer(_unbuffered(src), frames=frames, grouping=grouping,
-                        upsampling=upsampling, name=src.name)
+            with _random_bz2(path, fs, src, build=build_index) as stream:
+                return read(stream.file, name=src.name)
+        return read(_unbuffered(src) if unbuffered else src.file, name=src.name)
 
 
 def _unbuffered(src: "_Source"):
