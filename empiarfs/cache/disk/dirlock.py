@@ -43,7 +43,31 @@ class CacheLocked(EmpiarfsError, BlockingIOError):
     errno = _errno.EBUSY
 
 
-class DirectoryLock:
+class _Held:
+    """An open file descriptor we hold a flock on (``_fd``, ``None`` once
+    let go) and its ``path``. Closing it drops the flock."""
+
+    path: str
+    _fd: Optional[int] = None
+
+    def _let_go(self, delete: bool) -> None:
+        """Close the descriptor once; with ``delete``, first remove the file
+        (a file already gone is fine)."""
+        if self._fd is not None:
+            if delete:
+                try:
+                    os.unlink(self.path)
+                except OSError:
+                    pass
+            os.close(self._fd)
+            self._fd = None
+
+
+def _token_path(directory: str, token: str) -> str:
+    return os.path.join(directory, OWNERS, token + _LOCK_SUFFIX)
+
+
+class DirectoryLock(_Held):
     """The shared (or exclusive) hold on ``directory``.
 
     Raises
@@ -56,7 +80,7 @@ class DirectoryLock:
     def __init__(self, directory: str, exclusive: bool = False):
         self.directory = directory
         self.exclusive = exclusive
-        path = os.path.join(directory, "lock")
+        self.path = path = os.path.join(directory, "lock")
         fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
         try:
             fcntl.flock(fd, (fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH) | fcntl.LOCK_NB)
@@ -89,31 +113,22 @@ class DirectoryLock:
             os.pwrite(self._fd, f"{os.getpid()}\n".encode(), 0)
 
     def release(self) -> None:
-        if self._fd is not None:
-            os.close(self._fd)
-            self._fd = None
+        self._let_go(delete=False)
 
 
-class Owner:
+class Owner(_Held):
     """This process's liveness token in ``directory``, held until released."""
 
     def __init__(self, directory: str):
-        folder = os.path.join(directory, OWNERS)
-        os.makedirs(folder, exist_ok=True)
+        os.makedirs(os.path.join(directory, OWNERS), exist_ok=True)
         self.token = f"{os.getpid()}-{secrets.token_hex(6)}"
-        self.path = os.path.join(folder, self.token + _LOCK_SUFFIX)
+        self.path = _token_path(directory, self.token)
         fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o644)
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # new file: cannot fail
         self._fd: Optional[int] = fd
 
     def release(self) -> None:
-        if self._fd is not None:
-            try:
-                os.unlink(self.path)
-            except OSError:
-                pass
-            os.close(self._fd)
-            self._fd = None
+        self._let_go(delete=True)
 
 
 def token_pid(token: str) -> int:
@@ -130,36 +145,28 @@ def listed_tokens(directory: str) -> list[str]:
     return [n[: -len(_LOCK_SUFFIX)] for n in names if n.endswith(_LOCK_SUFFIX)]
 
 
-class Claim:
-    """A dead owner's token, locked by us so that only one reaper buries it."""
+class Claim(_Held):
+    """A dead owner's token, locked by us so that only one reaper buries it
+    (``fd`` ``None``: its file is gone already)."""
 
     def __init__(self, directory: str, token: str, fd: Optional[int]):
-        self.path = os.path.join(directory, OWNERS, token + _LOCK_SUFFIX)
+        self.path = _token_path(directory, token)
         self.token = token
         self._fd = fd
 
     def bury(self) -> None:
         """Delete the token file (its rows are reaped by now) and let go."""
-        if self._fd is not None:
-            try:
-                os.unlink(self.path)
-            except OSError:
-                pass
-            os.close(self._fd)
-            self._fd = None
+        self._let_go(delete=True)
 
     def abandon(self) -> None:
         """Let go without deleting (reaping failed; someone will retry)."""
-        if self._fd is not None:
-            os.close(self._fd)
-            self._fd = None
+        self._let_go(delete=False)
 
 
 def claim_if_dead(directory: str, token: str) -> Optional[Claim]:
     """A :class:`Claim` on ``token`` if its process is gone, else ``None``."""
-    path = os.path.join(directory, OWNERS, token + _LOCK_SUFFIX)
     try:
-        fd = os.open(path, os.O_RDWR)
+        fd = os.open(_token_path(directory, token), os.O_RDWR)
     except FileNotFoundError:
         return Claim(directory, token, None)
     except OSError:
