@@ -22,9 +22,11 @@ from empiarfs.namespace.select import Selector, split_target, walk
 from empiarfs.tools.download import FileResult, Target
 
 _GLOB_CHARS = re.compile(r"[*?\[]")
+_json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON instead of text.")
 
 
 def _open_fs(ctx, api_url=None, data_url=None, ftp_url=None, cache_dir=None):
+    """An EmpiarFS with its disk cache (a context manager that closes it)."""
     from empiarfs.namespace.filesystem import EmpiarFS
 
     settings = settings_from(ctx.obj, api_url=api_url, data_url=data_url, ftp_url=ftp_url,
@@ -79,7 +81,7 @@ def cache():
 
 
 @cache.command("info")
-@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of text.")
+@_json_option
 @cache_dir_option
 @click.pass_context
 def cache_info(ctx, as_json, cache_dir):
@@ -90,12 +92,9 @@ def cache_info(ctx, as_json, cache_dir):
       empiarfs cache info
       empiarfs cache info --json | jq .bytes_used
     """
-    fs = _open_fs(ctx, cache_dir=cache_dir)
-    try:
+    with _open_fs(ctx, cache_dir=cache_dir) as fs:
         data = dict(fs.disk.info())
         data["pinned"] = fs.disk.pinned()
-    finally:
-        fs.close()
     if as_json:
         echo_json(data)
         return
@@ -111,7 +110,7 @@ def cache_info(ctx, as_json, cache_dir):
 
 
 @cache.command("ls")
-@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of text.")
+@_json_option
 @cache_dir_option
 @click.pass_context
 def cache_ls(ctx, as_json, cache_dir):
@@ -122,12 +121,9 @@ def cache_ls(ctx, as_json, cache_dir):
       empiarfs cache ls
       empiarfs cache ls --json | jq '.[] | select(.pinned)'
     """
-    fs = _open_fs(ctx, cache_dir=cache_dir)
-    try:
+    with _open_fs(ctx, cache_dir=cache_dir) as fs:
         files = fs.disk.files()
         base = fs.settings.data_url.rstrip("/") + "/"
-    finally:
-        fs.close()
     for item in files:
         item["path"] = _archive_path(item["url"], base)
     if as_json:
@@ -168,8 +164,7 @@ def cache_clear(ctx, yes, cache_dir):
 
     from empiarfs.formats.bz2_index import IndexStore
 
-    fs = _open_fs(ctx, cache_dir=cache_dir)
-    try:
+    with _open_fs(ctx, cache_dir=cache_dir) as fs:
         info = fs.disk.info()
         if not yes:
             click.confirm(f"Delete {human(info['bytes_used'])} of cached blocks in "
@@ -181,19 +176,14 @@ def cache_clear(ctx, yes, cache_dir):
         indexes = IndexStore.in_cache_dir(fs.settings.cache_dir)
         if indexes is not None:
             shutil.rmtree(indexes.directory, ignore_errors=True)
-    finally:
-        fs.close()
     click.echo(f"cleared {human(info['bytes_used'])} from {info['directory']}")
 
 
 def _pin_command(ctx, paths, pin: bool, api_url, data_url, ftp_url, cache_dir):
-    fs = _open_fs(ctx, api_url, data_url, ftp_url, cache_dir)
-    try:
+    with _open_fs(ctx, api_url, data_url, ftp_url, cache_dir) as fs:
         files = resolve_files(fs.archive, paths)
         for _, info in files:
             (fs.disk.pin if pin else fs.disk.unpin)(info.url)
-    finally:
-        fs.close()
     for accession, info in files:
         click.echo(f"{'pinned' if pin else 'unpinned'} {accession}/{info.path}")
 
