@@ -199,6 +199,21 @@ def _bars(ax, labels, values, colours, unit, log=False):
     ax.margins(y=0.2)
 
 
+def _pairs(numbers: dict, profiles, left, right) -> tuple[list, list, list]:
+    """Bars two by two, for each profile that has both numbers: ``left`` and
+    ``right`` are ``(key, label, colour)``; labels end in the profile's name.
+    Returns ``(labels, values, colours)``."""
+    labels, values, colours = [], [], []
+    for profile in profiles:
+        p = numbers.get(profile, {})
+        if left[0] in p and right[0] in p:
+            for key, label, colour in (left, right):
+                labels.append(f"{label}\n{profile}")
+                values.append(p[key])
+                colours.append(colour)
+    return labels, values, colours
+
+
 def plot_throughput(plt, numbers: dict, out_dir: str) -> str:
     profiles = [p for p in PROFILES if "cold_mbps" in numbers.get(p, {})]
     if not profiles:
@@ -213,13 +228,8 @@ def plot_throughput(plt, numbers: dict, out_dir: str) -> str:
         ax.set_title(f"cold sequential read, {TITLES[profile]}")
         ax.set_ylabel("MB/s (log scale)")
     ax = axes[-1]
-    labels, values, colours = [], [], []
-    for profile in profiles:
-        p = numbers[profile]
-        if "warm_mbps" in p and "local_mbps" in p:
-            labels += [f"empiarfs\n{profile}", f"local disk\n{profile}"]
-            values += [p["warm_mbps"], p["local_mbps"]]
-            colours += [OURS, REFERENCE]
+    labels, values, colours = _pairs(numbers, profiles, ("warm_mbps", "empiarfs", OURS),
+                                     ("local_mbps", "local disk", REFERENCE))
     if values:
         _bars(ax, labels, values, colours, unit="MB/s")
         ax.set_title("warm re-read (page cache dropped)")
@@ -231,25 +241,15 @@ def plot_throughput(plt, numbers: dict, out_dir: str) -> str:
 
 def plot_caches(plt, numbers: dict, out_dir: str) -> str:
     fig, axes = plt.subplots(1, 2, figsize=(7.5, 3.2))
-    labels, values, colours = [], [], []
-    for profile in PROFILES:
-        p = numbers.get(profile, {})
-        if "cold_mbps" in p and "warm_mbps" in p:
-            labels += [f"first\n{profile}", f"second\n{profile}"]
-            values += [p["cold_mbps"], p["warm_mbps"]]
-            colours += [REFERENCE, OURS]
+    labels, values, colours = _pairs(numbers, PROFILES, ("cold_mbps", "first", REFERENCE),
+                                     ("warm_mbps", "second", OURS))
     if not values:
         raise FigureError("no cold and warm sequential throughput found")
     _bars(axes[0], labels, values, colours, unit="MB/s", log=True)
     axes[0].set_title("sequential read of a large file")
     axes[0].set_ylabel("MB/s (log scale)")
-    labels, values, colours = [], [], []
-    for profile in PROFILES:
-        p = numbers.get(profile, {})
-        if "ls_cold_seconds" in p and "ls_warm_seconds" in p:
-            labels += [f"first\n{profile}", f"second\n{profile}"]
-            values += [p["ls_cold_seconds"], p["ls_warm_seconds"]]
-            colours += [REFERENCE, OURS]
+    labels, values, colours = _pairs(numbers, PROFILES, ("ls_cold_seconds", "first", REFERENCE),
+                                     ("ls_warm_seconds", "second", OURS))
     if values:
         _bars(axes[1], labels, values, colours, unit="s")
         axes[1].set_title("ls -l of 3,000 files")
