@@ -909,10 +909,8 @@ class Transport:
         except requests.exceptions.ConnectTimeout as exc:
             raise _Transient(f"connecting to {_host(url)} timed out", kind="connect_timeout", url=url) from exc
         except requests.exceptions.ReadTimeout as exc:
-            self.stats.add("stalls")
-            raise _Transient(
-                f"no response from {url} within {self.settings.stall_timeout}s", kind="stall", url=url
-            ) from exc
+            raise self._stalled(f"no response from {url} within {self.settings.stall_timeout}s",
+                                url) from exc
         except requests.exceptions.SSLError as exc:
             raise RemoteError(
                 f"TLS error talking to {_host(url)}: {exc} (check the system CA certificates, "
@@ -930,6 +928,12 @@ class Transport:
                              kind="bad_headers", url=url) from exc
         except requests.exceptions.RequestException as exc:
             raise RemoteError(f"request to {url} failed: {exc}", url=url) from exc
+
+    def _stalled(self, message: str, url: str) -> _Transient:
+        """A stall, before the headers or inside the body: counted once
+        here, and retried like any transient fault."""
+        self.stats.add("stalls")
+        return _Transient(message, kind="stall", url=url)
 
     def _check_redirect(self, source, target):
         parts = urlsplit(target)
@@ -989,10 +993,8 @@ class Transport:
                 if want is None and got > limit:
                     raise BadResponse(f"{url} is larger than the limit of {limit} bytes", url=url)
         except urllib3.exceptions.ReadTimeoutError as exc:
-            self.stats.add("stalls")
-            raise _Transient(
-                f"download of {url} stalled for {self.settings.stall_timeout}s", kind="stall", url=url
-            ) from exc
+            raise self._stalled(f"download of {url} stalled for {self.settings.stall_timeout}s",
+                                url) from exc
         except urllib3.exceptions.DecodeError as exc:
             raise BadResponse(f"cannot decode the body of {url}: {exc}", url=url) from exc
         except (urllib3.exceptions.HTTPError, OSError) as exc:
