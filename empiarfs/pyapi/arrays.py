@@ -57,7 +57,7 @@ class FileLayout:
     dtype: np.dtype
 
 
-class FrameStack:
+class FrameStack(workerfs.ProcessLocalFS):
     """Frames of many image files as one read-only array-like object.
 
     ``stack[i]`` is frame ``i`` (a numpy array of ``frame_shape``);
@@ -154,20 +154,12 @@ class FrameStack:
             digest.update(part.encode() if isinstance(part, str) else part)
         return digest.hexdigest()
 
-    def __getstate__(self):
-        # Only paths, frame numbers and settings travel to other processes.
-        state = self.__dict__.copy()
-        state["_fs"] = None
-        state["_fs_pid"] = None
-        return state
-
     # -------------------------------------------------------------- reading
 
     def _efs(self):
-        if self._fs is None or self._fs_pid != os.getpid():
-            self._fs = workerfs.fs_for(self.settings)
-            self._fs_pid = os.getpid()
-        return self._fs
+        # Pickled (ProcessLocalFS), only paths, frame numbers and settings
+        # travel: a worker shares one EmpiarFS per settings among its tasks.
+        return self._fs_here(lambda: workerfs.fs_for(self.settings))
 
     def _read(self, indices: list) -> np.ndarray:
         out = np.empty((len(indices),) + self.frame_shape, self.dtype)

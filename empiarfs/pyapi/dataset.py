@@ -17,6 +17,7 @@ from typing import Callable, Iterable, Optional
 
 from empiarfs.config import Settings
 from empiarfs.errors import InvalidInput, UnsupportedFormat
+from empiarfs.pyapi.workerfs import ProcessLocalFS
 
 log = logging.getLogger(__name__)
 
@@ -30,7 +31,7 @@ class Item:
     frame: Optional[int] = None
 
 
-class EmpiarDataset:
+class EmpiarDataset(ProcessLocalFS):
     """Micrographs, movie frames or particle images, loaded on demand.
 
     Build one with :meth:`from_files`, :meth:`from_imageset` or
@@ -232,12 +233,11 @@ class EmpiarDataset:
         return self.transform(data) if self.transform is not None else data
 
     def _open_fs(self):
-        if self._fs is None or self._fs_pid != os.getpid():
-            from empiarfs.namespace.filesystem import EmpiarFS
+        # Its own EmpiarFS (closed by close()); pickled (ProcessLocalFS),
+        # only settings and paths travel to worker processes.
+        from empiarfs.namespace.filesystem import EmpiarFS
 
-            self._fs = EmpiarFS(self.settings, require_disk_cache=False)
-            self._fs_pid = os.getpid()
-        return self._fs
+        return self._fs_here(lambda: EmpiarFS(self.settings, require_disk_cache=False))
 
     def _open_fs_if_remote(self, path: str):
         from empiarfs.pyapi.api import archive_path
@@ -249,13 +249,6 @@ class EmpiarDataset:
         if self._fs is not None and self._fs_pid == os.getpid():
             self._fs.close()
         self._fs = None
-
-    def __getstate__(self):
-        # Only settings and paths travel to worker processes.
-        state = self.__dict__.copy()
-        state["_fs"] = None
-        state["_fs_pid"] = None
-        return state
 
     def __repr__(self):
         return f"EmpiarDataset({len(self.items)} items)"

@@ -55,6 +55,28 @@ def fs_for(settings: Optional[Settings]):
         return fs
 
 
+class ProcessLocalFS:
+    """Mixin for objects that travel to other processes: ``_fs`` is an
+    EmpiarFS of the process that opened it (``_fs_pid``). A forked child
+    opens its own on first use, and a pickle carries none."""
+
+    _fs = None
+    _fs_pid: Optional[int] = None
+
+    def _fs_here(self, open_fs):
+        """This process's EmpiarFS, from ``open_fs()`` on first use here."""
+        if self._fs is None or self._fs_pid != os.getpid():
+            self._fs = open_fs()
+            self._fs_pid = os.getpid()
+        return self._fs
+
+    def __getstate__(self):
+        state = self.__dict__.copy()
+        state["_fs"] = None
+        state["_fs_pid"] = None
+        return state
+
+
 def settings_from_options(options: Optional[dict]) -> Optional[Settings]:
     """Settings from storage options (setting names, as for ``empiar://``):
     :meth:`Settings.load` with ``options`` applied; ``None`` for no options
