@@ -95,7 +95,7 @@ class Settings:
     kernel_readahead: int = 0
     # Concurrent range requests per file and overall.
     parallel_per_file: int = 16
-    parallel_total: int = 64
+    parallel_total: int = 32
     connect_timeout: float = 10.0
     # No byte for this long means the request is stalled: abandon and retry.
     stall_timeout: float = 10.0

@@ -32,7 +32,10 @@ from empiarfs.remote.transport import Transport
 log = logging.getLogger(__name__)
 
 BATCH_CHUNK = 500
-HEAD_WORKERS = 16
+# HEADs in flight for a directory's sizes: three quarters of the connection
+# pool, so that hedges of stalled ones still find a connection (the pool,
+# parallel_total, caps what one host sees).
+HEAD_SHARE = 0.75
 MAX_LISTING_BYTES = 64 * 1024 * 1024
 _SAFE = "-._~,"  # kept as is in URL path segments; everything else is %-encoded
 
@@ -308,7 +311,7 @@ class Archive:
 
     def resolve_sizes(self, infos: Iterable[FileInfo]) -> list[FileInfo]:
         """``infos`` with exact sizes, ETags and mtimes filled in by HEAD
-        (files whose size is not exact; at most 16 HEADs at a time; each
+        (files whose size is not exact; at most 3/4 of ``parallel_total`` HEADs at a time; each
         result remembered for ``metadata_ttl``). Order is kept; a file that
         vanished (404) is returned unchanged.
 
@@ -322,7 +325,8 @@ class Archive:
         if not todo:
             return infos
         out = list(infos)
-        with ThreadPoolExecutor(max_workers=min(HEAD_WORKERS, len(todo)),
+        workers = max(1, int(self.settings.parallel_total * HEAD_SHARE))
+        with ThreadPoolExecutor(max_workers=min(workers, len(todo)),
                                 thread_name_prefix="empiarfs-head") as pool:
             results = list(pool.map(lambda i: self._head_cached(infos[i].url), todo))
         for i, stat in zip(todo, results):
