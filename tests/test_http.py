@@ -391,3 +391,15 @@ def test_stats_are_thread_safe():
         t.join()
     snap = stats.snapshot()
     assert snap["requests"] == 40_000 and snap["errors_by_kind"] == {"stall": 40_000}
+
+
+def test_heads_and_range_reads_reuse_their_connections(server, transport):
+    """A HEAD closed unread made requests close its socket: every HEAD of
+    an `ls -l` paid a new TCP handshake (one RTT on a WAN)."""
+    u = url(server)
+    before = server.stats.get("connections")
+    for _ in range(5):
+        transport.head(u)
+    for start in range(0, 500, 100):
+        transport.fetch_range(u, start, start + 100)
+    assert server.stats.get("connections") - before == 1

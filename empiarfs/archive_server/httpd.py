@@ -99,6 +99,7 @@ class _Server(ThreadingHTTPServer):
     def process_request(self, request, client_address):
         with self.conn_lock:
             self.connections.add(request)
+        self.owner.stats.add("connections")  # accepted TCP connections (keep-alive tests)
         super().process_request(request, client_address)
 
     def shutdown_request(self, request):
