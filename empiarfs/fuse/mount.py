@@ -253,11 +253,15 @@ def run_fuse(fs_factory, mountpoint: str, settings, *, foreground_debug: bool = 
                                   max_readahead=min(settings.max_request, 8 * 1024 * 1024),
                                   attr_timeout=min(settings.metadata_ttl, 3600.0))
     # libfuse 3 serves at most 10 requests at once by default; every read
-    # waiting on the network holds a worker, so allow as many as the fetch
-    # pool can use. max_idle_threads as high changes nothing, but libfuse
-    # 3.14.0 prints "Ignoring invalid max threads value 4294967295" on
-    # every mount when it is left at its default.
-    threads = max(16, settings.parallel_total)
+    # waiting on the network holds a worker. Workers send no requests of
+    # their own (the connection pool, parallel_total, caps what the archive
+    # sees), so allow twice the pool: with as many workers as connections,
+    # 64 readers under stalls queued for a worker and then waited their own
+    # deadline too (reads of 15 s in the soak against an 11 s bound).
+    # max_idle_threads as high changes nothing, but libfuse 3.14.0 prints
+    # "Ignoring invalid max threads value 4294967295" on every mount when
+    # it is left at its default.
+    threads = max(64, 2 * settings.parallel_total)
     options = dict(foreground=True, nothreads=False, ro=True, fsname="empiarfs",
                    max_threads=threads, max_idle_threads=threads,
                    subtype="empiarfs", default_permissions=True, max_read=max_read,
