@@ -23,9 +23,8 @@ import os
 import shutil
 import subprocess
 import sys
-import time
 
-from procs import FUSERMOUNT, BenchError, kill_group, peak_rss
+from procs import BenchError, FuseProcess
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -85,22 +84,13 @@ def unavailable(peer: str, python: str | None) -> str | None:
     return None
 
 
-class PeerMount:
+class PeerMount(FuseProcess):
     """One peer mounted fresh on ``mountpoint`` over ``data_url``."""
 
     def __init__(self, peer: str, mountpoint: str, cache_dir: str, data_url: str, *,
                  log_path: str, python: str | None = None, timeout: float = 60,
                  register=None):
         self.peer = peer
-        self.mountpoint = mountpoint
-        self.cache_dir = cache_dir
-        self.peak_rss = 0
-        self.closed = False
-        shutil.rmtree(cache_dir, ignore_errors=True)
-        os.makedirs(cache_dir)
-        os.makedirs(mountpoint, exist_ok=True)
-        if os.path.ismount(mountpoint):
-            subprocess.run([FUSERMOUNT, "-u", "-z", mountpoint], capture_output=True)
         url = data_url.rstrip("/") + "/"
         if peer == "rclone":
             cmd = ["rclone", "mount", ":http:", mountpoint, "--http-url", url,
@@ -110,53 +100,12 @@ class PeerMount:
             cmd = [python, os.path.join(HERE, "fsspec_peer.py"), url, mountpoint]
         else:
             raise BenchError(f"unknown peer {peer!r}")
-        self.log = open(log_path, "ab")
-        self.log.write(f"\n--- {time.strftime('%H:%M:%S')} {' '.join(cmd)}\n".encode())
-        self.log.flush()
-        self.proc = subprocess.Popen(cmd, stdout=self.log, stderr=subprocess.STDOUT,
-                                     stdin=subprocess.DEVNULL, start_new_session=True)
-        if register:
-            register(self)  # from here on a time limit can kill it
-        deadline = time.monotonic() + timeout
-        while not os.path.ismount(mountpoint):
-            if self.proc.poll() is not None or time.monotonic() > deadline:
-                self.kill()
-                raise BenchError(f"{peer} mount did not come up; see {log_path}")
-            time.sleep(0.02)
-
-    @property
-    def pid(self) -> int:
-        return self.proc.pid
+        super().__init__(mountpoint, cache_dir)
+        self._start(cmd, log_path, peer, register=register, timeout=timeout,
+                    on_failure=self.kill)
 
     def path(self, entry: str, rel: str) -> str:
         return os.path.join(self.mountpoint, entry.split("-", 1)[1], *rel.split("/"))
 
     def stats(self) -> dict:
         return {}
-
-    def kill(self) -> None:
-        """Kill the peer at once (it hung): its FUSE connection goes with it,
-        so readers blocked in it get an error instead of waiting forever."""
-        self.peak_rss = max(self.peak_rss, peak_rss(self.proc.pid))
-        kill_group(self.proc)
-        subprocess.run([FUSERMOUNT, "-u", "-z", self.mountpoint], capture_output=True)
-        self._cleanup()
-
-    def close(self) -> None:
-        if self.closed:
-            return
-        self.peak_rss = max(self.peak_rss, peak_rss(self.proc.pid))
-        if os.path.ismount(self.mountpoint):
-            if subprocess.run([FUSERMOUNT, "-u", self.mountpoint], capture_output=True).returncode:
-                subprocess.run([FUSERMOUNT, "-u", "-z", self.mountpoint], capture_output=True)
-        try:
-            self.proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            kill_group(self.proc)
-        self._cleanup()
-
-    def _cleanup(self) -> None:
-        if not self.closed:
-            self.closed = True
-            self.log.close()
-            shutil.rmtree(self.cache_dir, ignore_errors=True)

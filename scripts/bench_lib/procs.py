@@ -74,12 +74,12 @@ class ServerProcess:
         self.stop()
 
 
-class Mount:
-    """``empiarfs -v mount -f`` on a fresh cache directory."""
+class FuseProcess:
+    """A FUSE daemon in its own session on a fresh cache directory: started,
+    waited for until its mount point is live, unmounted and stopped (or
+    killed when a workload hangs). empiarfs and the peers share this."""
 
-    def __init__(self, mountpoint: str, cache_dir: str, urls: dict, *, memory_cache: str,
-                 block_size: str, log_path: str, env: dict | None = None,
-                 cache_size: str = "8G", register=None):
+    def __init__(self, mountpoint: str, cache_dir: str):
         self.mountpoint = mountpoint
         self.cache_dir = cache_dir
         self.peak_rss = 0
@@ -89,32 +89,27 @@ class Mount:
         os.makedirs(mountpoint, exist_ok=True)
         if os.path.ismount(mountpoint):
             subprocess.run([FUSERMOUNT, "-u", "-z", mountpoint], capture_output=True)
+
+    def _start(self, cmd: list, log_path: str, what: str, *, env: dict | None = None,
+               register=None, timeout: float = 60, on_failure=None) -> None:
         self.log = open(log_path, "ab")
-        cmd = [EMPIARFS, "-v", "mount", "-f", mountpoint, "--api-url", urls["api_url"],
-               "--data-url", urls["data_url"], "--ftp-url", urls["ftp_url"],
-               "--cache-dir", cache_dir, "--cache-size", cache_size,
-               "--memory-cache", memory_cache, "--block-size", block_size]
+        self.log.write(f"\n--- {time.strftime('%H:%M:%S')} {' '.join(cmd)}\n".encode())
+        self.log.flush()
         self.proc = subprocess.Popen(cmd, stdout=self.log, stderr=subprocess.STDOUT,
-                                     env=dict(os.environ, **(env or {})), start_new_session=True)
+                                     stdin=subprocess.DEVNULL, start_new_session=True,
+                                     env=dict(os.environ, **(env or {})))
         if register:
             register(self)  # from here on a time limit can kill it
-        deadline = time.monotonic() + 60
-        while not os.path.ismount(mountpoint):
+        deadline = time.monotonic() + timeout
+        while not os.path.ismount(self.mountpoint):
             if self.proc.poll() is not None or time.monotonic() > deadline:
-                self.close()
-                raise BenchError(f"empiarfs mount did not come up; see {log_path}")
+                (on_failure or self.close)()
+                raise BenchError(f"{what} mount did not come up; see {log_path}")
             time.sleep(0.02)
 
     @property
     def pid(self) -> int:
         return self.proc.pid
-
-    def path(self, entry: str, rel: str) -> str:
-        return os.path.join(self.mountpoint, entry, *rel.split("/"))
-
-    def stats(self) -> dict:
-        with open(os.path.join(self.mountpoint, ".empiarfs", "stats.json"), encoding="utf-8") as fh:
-            return json.load(fh)
 
     def close(self) -> None:
         if self.closed:
@@ -131,7 +126,8 @@ class Mount:
 
     def kill(self) -> None:
         """Kill the daemon at once (a workload hung): the kernel ends its
-        FUSE connection, so readers blocked in it get an error."""
+        FUSE connection, so readers blocked in it get an error instead of
+        waiting forever."""
         self.peak_rss = max(self.peak_rss, peak_rss(self.proc.pid))
         kill_group(self.proc)
         subprocess.run([FUSERMOUNT, "-u", "-z", self.mountpoint], capture_output=True)
@@ -148,6 +144,27 @@ class Mount:
 
     def __exit__(self, *exc):
         self.close()
+
+
+class Mount(FuseProcess):
+    """``empiarfs -v mount -f`` on a fresh cache directory."""
+
+    def __init__(self, mountpoint: str, cache_dir: str, urls: dict, *, memory_cache: str,
+                 block_size: str, log_path: str, env: dict | None = None,
+                 cache_size: str = "8G", register=None):
+        super().__init__(mountpoint, cache_dir)
+        cmd = [EMPIARFS, "-v", "mount", "-f", mountpoint, "--api-url", urls["api_url"],
+               "--data-url", urls["data_url"], "--ftp-url", urls["ftp_url"],
+               "--cache-dir", cache_dir, "--cache-size", cache_size,
+               "--memory-cache", memory_cache, "--block-size", block_size]
+        self._start(cmd, log_path, "empiarfs", env=env, register=register)
+
+    def path(self, entry: str, rel: str) -> str:
+        return os.path.join(self.mountpoint, entry, *rel.split("/"))
+
+    def stats(self) -> dict:
+        with open(os.path.join(self.mountpoint, ".empiarfs", "stats.json"), encoding="utf-8") as fh:
+            return json.load(fh)
 
 
 def snapshot_tree(repo: str, workdir: str, rev: str = "HEAD") -> tuple[str, str]:
