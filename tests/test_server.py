@@ -384,3 +384,19 @@ def test_ftp_mlsd_exact_sizes(archive_server, manifest):
             assert int(facts["size"]) == f["size"]
             assert facts["modify"] == time.strftime("%Y%m%d%H%M%S", time.gmtime(f["mtime"]))
     assert hashlib.sha256(data).hexdigest() == _truth(manifest, "EMPIAR-11419", "data/HeLa/Notes #1 & 50% done.txt")["sha256"]
+
+
+def test_stopping_one_ftp_server_leaves_another_serving(sample_root):
+    """pyftpdlib shares one I/O loop per process by default, and stopping a
+    server closed every socket in it: a test's private server took the
+    session server's FTP listener down for the rest of the run."""
+    with ArchiveServer(sample_root, ftp=True) as first:
+        with ArchiveServer(sample_root, ftp=True):
+            pass  # started and stopped
+        ftp = ftplib.FTP()
+        ftp.connect("127.0.0.1", first.ftp_port, timeout=T)
+        try:
+            ftp.login()
+            assert "10002" in {name for name, _ in ftp.mlsd("/empiar/world_availability")}
+        finally:
+            ftp.close()

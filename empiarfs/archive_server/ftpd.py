@@ -17,6 +17,7 @@ import time
 from pyftpdlib.authorizers import DummyAuthorizer
 from pyftpdlib.filesystems import AbstractedFS
 from pyftpdlib.handlers import FTPHandler
+from pyftpdlib.ioloop import IOLoop
 from pyftpdlib.servers import FTPServer
 
 log = logging.getLogger(__name__)
@@ -71,7 +72,10 @@ class FtpFrontend:
             "passive_ports": None,
         })
         handler.log_prefix = "[%(username)s]@%(remote_ip)s"
-        self.server = FTPServer((host, port), handler)
+        # Its own I/O loop: pyftpdlib's default is one loop per process, and
+        # stopping any server closes every socket in it (a test's private
+        # server took the shared one's listener down with it).
+        self.server = FTPServer((host, port), handler, ioloop=IOLoop())
         self.server.max_cons = 256
         self.host = host
         self.port = self.server.address[1]
@@ -88,9 +92,9 @@ class FtpFrontend:
                 try:
                     self.server.ioloop.loop(timeout=0.05, blocking=False)
                 except Exception:
-                    # One bad session (a client reset mid-command, a full
-                    # descriptor table for a moment) must not take the
-                    # listening socket down for every later client.
+                    # An error raised out of one session's handler must not
+                    # end the loop, and with it the listener, for every
+                    # later client.
                     log.warning("FTP server: error in the I/O loop; serving on", exc_info=True)
                     time.sleep(0.05)
         finally:
