@@ -2,7 +2,7 @@
 API and ``get`` all use, keyed by :class:`~empiarfs.cache.keys.FileVersion`
 and block index.
 
-``get`` asks memory, then disk (a disk hit is kept in memory too); ``put``
+``in_memory`` then ``on_disk`` (a disk hit is kept in memory too); ``put``
 stores in memory at once and hands the block to one background writer for
 disk: writing on the fetch thread capped cold reads at the disk's speed.
 When the writer falls more than ``DISK_QUEUE_BYTES`` behind, blocks skip the
@@ -31,7 +31,7 @@ DISK_QUEUE_BYTES = 64 * MiB
 
 
 class TieredCache:
-    """A memory tier and an optional disk tier behind one ``get``/``put``.
+    """A memory tier and an optional disk tier behind one set of lookups and ``put``.
 
     Parameters
     ----------
@@ -73,11 +73,6 @@ class TieredCache:
         if data is not None:
             self.memory.put(version, index, data)
         return data
-
-    def get(self, version: FileVersion, index: int) -> Optional[bytes]:
-        """Memory, then disk."""
-        data = self.memory.get(version, index)
-        return data if data is not None else self.on_disk(version, index)
 
     def cached_ranges(self, version: FileVersion) -> list[tuple[int, int]]:
         """Byte ranges of this version held in memory or on disk."""

@@ -97,7 +97,7 @@ class Catalog:
         self.archive = archive
         self.store = store
         self._stats_provider = stats_provider or (lambda: {})
-        self._values = FreshOrStale(store, settings.metadata_ttl, settings.offline)
+        self._values = FreshOrStale(store, lambda: self.settings)
         self._virtual = VirtualFiles(settings.data_url)
         self._negative: dict[str, float] = {}
         self._memo_lock = threading.Lock()
@@ -109,16 +109,6 @@ class Catalog:
         self._versions = cachetools.LRUCache(maxsize=256)
         # render_preview(directory) -> PNG bytes; no previews/ folders without it.
         self._previews = Previews(render_preview) if render_preview is not None else None
-
-    @property
-    def settings(self):
-        return self._settings
-
-    @settings.setter
-    def settings(self, value):
-        self._settings = value
-        if hasattr(self, "_values"):  # a new TTL or offline switch applies at once
-            self._values.ttl, self._values.offline = value.metadata_ttl, value.offline
 
     # ----------------------------------------------------------------- public
 

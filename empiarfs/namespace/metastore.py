@@ -143,10 +143,11 @@ class FreshOrStale:
     key's lock.
     """
 
-    def __init__(self, store: MetaStore, ttl: float, offline: bool = False):
+    def __init__(self, store: MetaStore, settings):
+        """``settings()`` gives the settings in force (their ``metadata_ttl``
+        and ``offline``), read at every call so a change applies at once."""
         self.store = store
-        self.ttl = ttl
-        self.offline = offline
+        self._settings = settings
         self._table_lock = threading.Lock()
         self._locks: dict[str, threading.Lock] = {}
 
@@ -168,14 +169,16 @@ class FreshOrStale:
         the fresh one before it is stored. ``NotFound`` from ``fetch``
         forgets the key; ``RemoteError`` serves the stale value if any.
         """
+        settings = self._settings()
+        ttl, offline = settings.metadata_ttl, settings.offline
         hit = self.store.get(key)
-        if hit is not None and (self.offline or time.time() - hit[0] < self.ttl):
+        if hit is not None and (offline or time.time() - hit[0] < ttl):
             return hit[1]
-        if self.offline:
+        if offline:
             raise RemoteError(f"offline and not cached: {key.split(':', 1)[-1]}")
         with self.key_lock(key):
             again = self.store.get(key)
-            if again is not None and time.time() - again[0] < self.ttl:
+            if again is not None and time.time() - again[0] < ttl:
                 return again[1]
             try:
                 value = fetch()

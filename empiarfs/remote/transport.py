@@ -373,12 +373,10 @@ class _LineWatch:
 
     def __init__(self, fp):
         self._fp = fp
-        self.lines = 0
         self.last = None
 
     def readline(self, limit=-1):
         line = self._fp.readline(limit)
-        self.lines += 1
         if self.last is None or self.last.endswith(b"\n"):
             self.last = line
         return line
