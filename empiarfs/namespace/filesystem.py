@@ -353,6 +353,20 @@ class EmpiarFS:
         self.close()
 
 
+class CatalogListing:
+    """An :class:`EmpiarFS`'s catalog as the ``listdir(accession, relpath)``
+    of :meth:`empiarfs.remote.archive.Archive.listdir`, so selection walks
+    and STAR resolution share the mount's persisted listing cache."""
+
+    def __init__(self, fs: "EmpiarFS"):
+        self._fs = fs
+
+    def listdir(self, accession: str, relpath: str = "") -> list:
+        path = f"{accession}/{relpath}" if relpath else accession
+        return [n.info for n in self._fs.listdir(path)
+                if n.info is not None and n.kind in ("file", "dir")]
+
+
 class RemoteFile(io.RawIOBase):
     """A seekable, read-only file object over one archive file."""
 

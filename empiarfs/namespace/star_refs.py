@@ -44,6 +44,7 @@ from empiarfs import ranges
 from empiarfs.errors import BadFile, InvalidInput, NotFound, UnsupportedFormat
 from empiarfs.formats import detect
 from empiarfs.namespace.catalog import CONTROL_DIR
+from empiarfs.namespace.filesystem import CatalogListing
 from empiarfs.paths import clean_relpath
 
 #: The columns that name image files, most specific first: without
@@ -424,11 +425,7 @@ class _Resolver:
 def listing_of(fs) -> Listdir:
     """``listdir(accession, relpath)`` over an EmpiarFS's catalog (its
     metadata cache is shared with mounts and the Python API)."""
-    def listdir(accession: str, relpath: str = ""):
-        path = f"{accession}/{relpath}" if relpath else accession
-        return [n.info for n in fs.listdir(path)
-                if n.info is not None and n.kind in ("file", "dir")]
-    return listdir
+    return CatalogListing(fs).listdir
 
 
 def mount_place(path) -> Optional[Place]:

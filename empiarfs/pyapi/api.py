@@ -591,20 +591,6 @@ def load(path, *, frames: FrameSpec = None, fs=None, name: Optional[str] = None,
 
 # ---------------------------------------------------------------------- entries
 
-class _CatalogListing:
-    """Adapts EmpiarFS's catalog to the ``listdir(acc, relpath)`` that
-    :func:`empiarfs.namespace.select.walk` expects, so walks share the mount's
-    persisted listing cache."""
-
-    def __init__(self, fs):
-        self._fs = fs
-
-    def listdir(self, accession: str, relpath: str = ""):
-        path = f"{accession}/{relpath}" if relpath else accession
-        return [n.info for n in self._fs.listdir(path)
-                if n.info is not None and n.kind in ("file", "dir")]
-
-
 class EntryView:
     """An EMPIAR entry: its metadata plus file selection and loading.
 
@@ -670,12 +656,13 @@ class EntryView:
         RemoteError
             The archive could not be reached.
         """
+        from empiarfs.namespace.filesystem import CatalogListing
         from empiarfs.namespace.select import Selector, walk
 
         if pattern and regex:
             raise InvalidInput("give either a glob pattern or regex=, not both")
         selector = Selector.from_options(glob=pattern, regex=regex)
-        listing = _CatalogListing(self._fs)
+        listing = CatalogListing(self._fs)
         return [info.path for info in walk(listing, self.model.accession, under, selector,
                                             recursive=recursive)]
 
