@@ -306,6 +306,68 @@ def test_a_stalled_hedge_is_hedged_again(server):
         assert server.stats.get("faults.stall") == 2
 
 
+class _SilentFirstServer:
+    """Never answers its first connection's request and records when the
+    client closes that connection; answers every other HEAD at once."""
+
+    def __init__(self):
+        self.loser_closed_at = None
+        self._sock = socket.create_server(("127.0.0.1", 0))
+        self._first = True
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    @property
+    def url(self):
+        return f"http://127.0.0.1:{self._sock.getsockname()[1]}/empiar/world_availability/1/f.bin"
+
+    def _accept(self):
+        while True:
+            try:
+                conn, _ = self._sock.accept()
+            except OSError:
+                return
+            silent, self._first = self._first, False
+            threading.Thread(target=self._serve, args=(conn, silent), daemon=True).start()
+
+    def _serve(self, conn, silent):
+        with conn:
+            conn.settimeout(30)
+            request = b""
+            while b"\r\n\r\n" not in request:
+                request += conn.recv(65536)
+            if silent:
+                while conn.recv(65536):   # until the client gives up on it
+                    pass
+                self.loser_closed_at = time.monotonic()
+                return
+            conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 1234\r\nAccept-Ranges: bytes\r\n"
+                         b"Connection: close\r\n\r\n")
+
+    def close(self):
+        self._sock.close()
+
+
+def test_a_hedge_that_wins_cuts_the_losers_connection():
+    # A never-answered attempt must not keep its pooled connection (and a
+    # request in flight at the archive) until the stall timeout: with the
+    # pool full of such losers, a 3,000-file listing's HEADs ran at a third
+    # of their speed on the tcp-wan bench.
+    server = _SilentFirstServer()
+    settings = Settings(api_url="http://127.0.0.1:1/api", data_url=server.url.rsplit("/1/", 1)[0],
+                        ftp_url="", hedge_after=0.2, stall_timeout=8.0, retries=0)
+    try:
+        with Transport(settings) as transport:
+            assert transport.head(server.url).size == 1234
+            answered = time.monotonic()
+            assert transport.stats.snapshot()["hedges"] == 1
+            while server.loser_closed_at is None and time.monotonic() - answered < 10:
+                time.sleep(0.05)
+            assert server.loser_closed_at is not None
+            assert server.loser_closed_at - answered < 2.0, "the loser waited for its stall timeout"
+    finally:
+        server.close()
+
+
 def test_hedging_under_stall(server):
     server.faults.set(stall_probability=0.5, seed=seed_where(0.5, [True, False]), paths="data")
     with make(server, hedge_after=0.2, stall_timeout=5.0) as transport:

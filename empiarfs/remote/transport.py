@@ -40,7 +40,7 @@ import threading
 import time
 from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor
 from concurrent.futures import wait as wait_futures
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Callable, Optional
 from urllib.parse import urljoin, urlsplit
 
@@ -411,8 +411,13 @@ class _WholeHeadResponse(http.client.HTTPResponse):
 class _TrackedMixin:
     response_class = _WholeHeadResponse
 
+    def connect(self):
+        super().connect()
+        _stop_if_cancelled()   # a loser cancelled while it was connecting
+
     def request(self, *args, **kwargs):
         _ACTIVE[threading.get_ident()] = self
+        _stop_if_cancelled()   # registered first: a later cancel finds the socket
         return super().request(*args, **kwargs)
 
 
@@ -453,16 +458,60 @@ def _cut_thread(ident: int) -> None:
             pass
 
 
-@dataclass
-class _Attempt:
-    """Shared state of one attempt running on the hedge pool."""
+# The hedged attempt (if any) each thread is running.
+_CURRENT = threading.local()
 
-    started: threading.Event = field(default_factory=threading.Event)
-    cancelled: bool = False
+
+def _stop_if_cancelled() -> None:
+    attempt = getattr(_CURRENT, "attempt", None)
+    if attempt is not None:
+        attempt.check()
+
+
+class _Attempt:
+    """One attempt of a hedged request, run on the hedge pool.
+
+    A losing attempt is cancelled *and its socket cut*: an attempt waiting
+    for a reply that never comes would otherwise hold its pooled connection
+    (and, for the archive, a request in flight) until the stall timeout.
+    With 1 request in 30 never answered and the pool capped at
+    ``parallel_total``, the HEADs of a 3,000-file listing spent most of the
+    pool on such losers (docs/performance.md, "cold ls -l on tcp-wan")."""
+
+    def __init__(self, on_started: Optional[Callable[["_Attempt"], None]] = None):
+        self.started = threading.Event()
+        self.cancelled = False
+        self._on_started = on_started
+        self._lock = threading.Lock()
+        self._thread: Optional[int] = None   # ident of the thread running it
 
     def check(self):
         if self.cancelled:
             raise _Cancelled()
+
+    def begin(self) -> None:
+        with self._lock:
+            self._thread = threading.get_ident()
+        _CURRENT.attempt = self
+
+    def got_headers(self) -> None:
+        if not self.started.is_set():
+            self.started.set()
+            if self._on_started is not None:
+                self._on_started(self)
+        self.check()
+
+    def end(self) -> None:
+        _CURRENT.attempt = None
+        with self._lock:
+            self._thread = None   # from here on its thread may run another request
+        self.started.set()
+
+    def cancel(self) -> None:
+        with self._lock:
+            self.cancelled = True
+            if self._thread is not None:
+                _cut_thread(self._thread)
 
 
 # --------------------------------------------------------------------------
@@ -791,12 +840,29 @@ class Transport:
         left 1 read in 900 waiting the whole stall timeout: about one 10 s
         pause per 256 MiB on the WAN benchmark."""
         attempts: dict = {}   # future -> its _Attempt
+        lock = threading.Lock()
+
+        winners: list = []
+
+        def first_headers(winner):
+            # The others are still waiting for headers (hedges are only
+            # launched before any attempt has them): cut them now, not
+            # when the winner's body is done. Only the first to get
+            # headers cuts; a near tie runs on until the end.
+            with lock:
+                winners.append(winner)
+                if len(winners) > 1:
+                    return
+                losers = [c for c in attempts.values() if c is not winner]
+            for ctl in losers:
+                ctl.cancel()
 
         def launch():
-            ctl = _Attempt()
+            ctl = _Attempt(first_headers)
             future = self._hedge_pool.submit(
                 self._attempt, method, url, headers, data, consume, deadline, ctl)
-            attempts[future] = ctl
+            with lock:
+                attempts[future] = ctl
             return future
 
         def may_hedge():
@@ -826,6 +892,9 @@ class Transport:
                     exc = fut.exception()
                     if exc is None:
                         return fut.result()
+                    if isinstance(exc, _Cancelled) or (
+                            attempts[fut].cancelled and isinstance(exc, _Transient)):
+                        continue   # a loser cut on purpose: no verdict on the request
                     # Prefer a definitive answer (StaleFile, NotFound...) over
                     # a transient one when both attempts fail.
                     if failure is None or (isinstance(failure, _Transient)
@@ -834,8 +903,15 @@ class Transport:
                     if isinstance(exc, _SinkRaised):
                         raise exc   # the caller stopped: no waiting for the others
         finally:
-            for ctl in attempts.values():
-                ctl.cancelled = True
+            with lock:
+                losers = list(attempts.values())
+            for ctl in losers:
+                ctl.cancel()
+        if failure is None:
+            # Every attempt was cut because one had headers, and that one
+            # was then cut itself (a lost race is never the verdict).
+            raise _Transient(f"every attempt of {method} {url} was abandoned", kind="cancelled",
+                             url=url)
         raise failure
 
     # -- one attempt ----------------------------------------------------------
@@ -850,6 +926,8 @@ class Transport:
     def _attempt(self, method, url, headers, data, consume: Callable, deadline, ctl: Optional[_Attempt]):
         """One request (following allowed redirects) and its body."""
         ident = threading.get_ident()
+        if ctl is not None:
+            ctl.begin()
         # Armed before sending: a server can drip the headers too, and a
         # blocked read cannot be interrupted from its own thread.
         guard = None if deadline is None else _WATCHDOG.arm(
@@ -860,8 +938,7 @@ class Transport:
                 resp = self._send(verb, current, headers, body, deadline)
                 try:
                     if ctl is not None:
-                        ctl.started.set()
-                        ctl.check()
+                        ctl.got_headers()
                     if resp.status_code in _REDIRECT_STATUSES and resp.headers.get("Location"):
                         target = urljoin(current, resp.headers["Location"])
                         self._check_redirect(current, target)
@@ -880,9 +957,9 @@ class Transport:
         finally:
             if guard is not None:
                 _WATCHDOG.disarm(guard)
-            _ACTIVE.pop(ident, None)
             if ctl is not None:
-                ctl.started.set()
+                ctl.end()
+            _ACTIVE.pop(ident, None)
 
     def _hedge_delay(self) -> float:
         """How long to wait for headers before racing a duplicate: three
