@@ -32,10 +32,6 @@ from empiarfs.remote.transport import Transport
 log = logging.getLogger(__name__)
 
 BATCH_CHUNK = 500
-# HEADs in flight for a directory's sizes: three quarters of the connection
-# pool, so that hedges of stalled ones still find a connection (the pool,
-# parallel_total, caps what one host sees).
-HEAD_SHARE = 0.75
 MAX_LISTING_BYTES = 64 * 1024 * 1024
 _SAFE = "-._~,"  # kept as is in URL path segments; everything else is %-encoded
 
@@ -311,7 +307,7 @@ class Archive:
 
     def resolve_sizes(self, infos: Iterable[FileInfo]) -> list[FileInfo]:
         """``infos`` with exact sizes, ETags and mtimes filled in by HEAD
-        (files whose size is not exact; at most 3/4 of ``parallel_total`` HEADs at a time; each
+        (files whose size is not exact; at most ``parallel_total`` HEADs at a time; each
         result remembered for ``metadata_ttl``). Order is kept; a file that
         vanished (404) is returned unchanged.
 
@@ -325,7 +321,11 @@ class Archive:
         if not todo:
             return infos
         out = list(infos)
-        workers = max(1, int(self.settings.parallel_total * HEAD_SHARE))
+        # As many HEADs as the pool has connections (parallel_total caps
+        # what one host sees; a hedge waits for a free one). At 3/4 of the
+        # pool, 3,000 HEADs through the tcp-wan proxy took 15.2 s, at the
+        # whole pool 12.2 s (the floor is 3,000 / 32 round trips, 9.4 s).
+        workers = max(1, int(self.settings.parallel_total))
         with ThreadPoolExecutor(max_workers=min(workers, len(todo)),
                                 thread_name_prefix="empiarfs-head") as pool:
             results = list(pool.map(lambda i: self._head_cached(infos[i].url), todo))
