@@ -368,6 +368,20 @@ def test_a_hedge_that_wins_cuts_the_losers_connection():
         server.close()
 
 
+def test_three_silent_attempts_do_not_wait_for_the_stall_timeout(server):
+    # All three attempts in flight stay silent (the ls -l tail on tcp-wan):
+    # the oldest is cut and a fourth goes out, instead of a 5 s stall.
+    server.faults.set(stall_probability=0.5, seed=seed_where(0.5, [True, True, True, False]),
+                      paths="data")
+    with make(server, hedge_after=0.2, stall_timeout=5.0) as transport:
+        began = time.monotonic()
+        assert transport.head(url(server)).size == len(FILE)
+        assert time.monotonic() - began < 4.0   # hedges after 0.25, 0.5 and 1 s
+        snap = transport.stats.snapshot()
+        assert snap["hedges"] == 3 and snap["retries"] == 0 and snap["stalls"] == 0
+        assert server.stats.get("faults.stall") == 3
+
+
 def test_hedging_under_stall(server):
     server.faults.set(stall_probability=0.5, seed=seed_where(0.5, [True, False]), paths="data")
     with make(server, hedge_after=0.2, stall_timeout=5.0) as transport:
