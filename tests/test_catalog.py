@@ -57,7 +57,7 @@ class FakeArchive:
             raise NotFound(acc)
         return RECORD
 
-    def resolve_sizes(self, infos):
+    def resolve_sizes(self, infos, on_first_bytes=None):
         self._call("resolve", tuple(i.name for i in infos))
         return [FileInfo(i.name, i.path, False, 2000, True, 8.0, i.url, '"e"') for i in infos]
 

@@ -382,6 +382,38 @@ def test_three_silent_attempts_do_not_wait_for_the_stall_timeout(server):
         assert server.stats.get("faults.stall") == 3
 
 
+def test_probe_gives_the_size_validators_and_first_bytes_in_one_request(server, transport):
+    stat, first = transport.probe(url(server), 4096)
+    assert stat.size == len(FILE) and first == FILE[:4096]
+    assert stat == transport.head(url(server))   # what a HEAD says, word for word
+    assert server.stats.get("requests.file") == 1
+
+
+def test_probe_of_a_file_shorter_than_asked(server, transport):
+    stat, first = transport.probe(url(server, "1.xml"), 4096)
+    assert (stat.size, first) == (8, b"<entry/>")
+
+
+def test_probe_of_an_empty_file(server, tree, transport):
+    (tree / "world_availability" / "1" / "data" / "empty.bin").write_bytes(b"")
+    stat, first = transport.probe(url(server, "data/empty.bin"), 4096)
+    assert (stat.size, first) == (0, b"")
+
+
+def test_probe_when_the_server_ignores_ranges(server, transport):
+    # A 200 with the whole file: the size is its Content-Length and only
+    # the first bytes are read.
+    server.faults.set(ignore_range=True)
+    stat, first = transport.probe(url(server), 4096)
+    assert stat.size == len(FILE) and first == FILE[:4096]
+    assert transport.stats.snapshot()["bytes"] < len(FILE)
+
+
+def test_probe_of_a_missing_file_is_not_found(server, transport):
+    with pytest.raises(NotFound):
+        transport.probe(url(server, "data/nope.bin"), 4096)
+
+
 def test_hedging_under_stall(server):
     server.faults.set(stall_probability=0.5, seed=seed_where(0.5, [True, False]), paths="data")
     with make(server, hedge_after=0.2, stall_timeout=5.0) as transport:

@@ -99,6 +99,33 @@ def test_every_file_exact_size_and_sha256(settings, manifest, tmp_path):
     assert counters["reader"]["bytes_fetched"] <= total + 2 * settings.block_size * len(manifest["files"])
 
 
+def test_header_reads_after_a_listing_need_no_request(archive_server, settings_for, manifest,
+                                                      sample_root, tmp_path):
+    # Sizes over HTTP (no FTP): a directory's sizes come from range probes
+    # that also bring each file's first 16 KiB, so reading the headers
+    # after `ls -l` costs the archive nothing more (one request per file
+    # for a header scan on a long path instead of two).
+    settings = settings_for(archive_server, tmp_path, ftp_url="")
+    acc, folder = "EMPIAR-10002", "data"
+    files = [f for f in manifest["files"] if f["entry"] == acc
+             and f["path"].rsplit("/", 1)[0] == folder]
+    assert len(files) >= 5 and any(f["size"] > 16 * 1024 for f in files)
+    with mounted(settings, tmp_path / "mnt") as mnt:
+        for f in files:
+            assert os.stat(os.path.join(mnt, acc, f["path"])).st_size == f["size"]
+        before = archive_server.stats.get("requests.file")
+        for f in files:
+            with open(os.path.join(mnt, acc, f["path"]), "rb", buffering=0) as fh:
+                head = fh.read(1024)
+            with open(os.path.join(sample_root, "world_availability", "10002", f["path"]), "rb") as src:
+                assert head == src.read(1024), f["path"]
+        assert archive_server.stats.get("requests.file") == before
+        assert stats(mnt)["reader"]["hits_first_bytes"] >= len([f for f in files if f["size"]])
+        # Past the first bytes, the blocks come as always, byte for byte.
+        for f in files:
+            assert sha256_of(os.path.join(mnt, acc, f["path"])) == f["sha256"], f["path"]
+
+
 def test_tree_layout_and_virtual_files(settings, manifest, tmp_path):
     with mounted(settings, tmp_path / "mnt") as mnt:
         entries = sorted(os.listdir(mnt))

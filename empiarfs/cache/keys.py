@@ -38,5 +38,10 @@ class FileVersion:
         return mine == other or (mine.change_from(other) is None and other.change_from(mine) is None)
 
 
+# The block index under which a tier keeps a file's *first bytes*, as a
+# size probe brought them with the size (shorter than a block; see
+# remote.archive.FIRST_BYTES). Never counted as a cached block.
+FIRST_BYTES_INDEX = -1
+
 # The name the block reader has always used.
 FileKey = FileVersion

@@ -1,6 +1,7 @@
 """The memory tier: a thread-safe LRU of blocks bounded in bytes.
 
-Blocks are keyed by ``(FileVersion, index)`` (see :mod:`.keys`). The tier
+Blocks are keyed by ``(FileVersion, index)`` (see :mod:`.keys`; index
+``FIRST_BYTES_INDEX`` holds a file's probed first bytes). The tier
 holds one version per URL: asking for another version drops the old one's
 blocks. The bound holds at every moment: :meth:`MemoryLRU.put` evicts
 *before* inserting, under the same lock, so no reader ever observes
@@ -103,7 +104,7 @@ class MemoryLRU:
         with self._lock:
             if self._versions.get(version.url) is None or not self._held(version, drop=False):
                 return []
-            return sorted(self._by_url.get(version.url, ()))
+            return sorted(i for i in self._by_url.get(version.url, ()) if i >= 0)
 
     def drop(self, url: str) -> int:
         """Forget every block of ``url``; returns the number dropped."""

@@ -185,6 +185,12 @@ class BlockReader:
         if not indices:
             return b""
         end = min(offset + size, file_size)
+        if end <= self.settings.block_size and indices.start == 0:
+            first = self.cache.first_bytes(key)
+            if first is not None and end <= len(first):
+                # A header read after a size probe: no request at all.
+                self.stats.add("hits_first_bytes")
+                return first[offset:end]
         deadline = time.monotonic() + self.settings.deadline
         found: dict[int, bytes] = {}
         waiting: dict[int, _Flight] = {}
@@ -412,6 +418,12 @@ class BlockReader:
             state.readahead.forget()
 
     # ------------------------------------------------------------------- API
+    def keep_first_bytes(self, key: FileVersion, data: bytes) -> None:
+        """Keep the first bytes of a file version that a size probe brought
+        (``data`` starts at offset 0; at most the file's size)."""
+        if len(data) <= key.size:
+            self.cache.keep_first_bytes(key, bytes(data))
+
     def invalidate(self, url: str) -> None:
         """Drop every cached block of ``url`` (all versions), in memory and
         on disk; fetches in progress still answer their readers but no

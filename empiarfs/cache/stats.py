@@ -10,6 +10,7 @@ from collections import OrderedDict, deque
 COUNTERS = (
     "hits_memory",     # blocks served from the memory LRU
     "hits_disk",       # blocks served from the disk store
+    "hits_first_bytes",# reads served from a file's probed first bytes
     "misses",          # blocks a read had to fetch from the network
     "bytes_fetched",   # bytes returned by fetch()
     "requests",        # fetch() calls

@@ -20,7 +20,7 @@ import threading
 from typing import Optional
 
 from empiarfs import ranges
-from empiarfs.cache.keys import FileVersion
+from empiarfs.cache.keys import FIRST_BYTES_INDEX, FileVersion
 from empiarfs.cache.memory import MemoryLRU
 from empiarfs.config import MiB
 
@@ -59,6 +59,16 @@ class TieredCache:
 
     def memory_holds(self, version: FileVersion, index: int) -> bool:
         return self.memory.holds(version, index)
+
+    def first_bytes(self, version: FileVersion) -> Optional[bytes]:
+        """The file's first bytes as a size probe brought them, or ``None``."""
+        return self.memory.get(version, FIRST_BYTES_INDEX)
+
+    def keep_first_bytes(self, version: FileVersion, data: bytes) -> None:
+        """Keep a file's first bytes (memory only: they are a few KiB, and
+        a block of the disk tier is whole)."""
+        if data:
+            self.memory.put(version, FIRST_BYTES_INDEX, data)
 
     def on_disk(self, version: FileVersion, index: int) -> Optional[bytes]:
         """A verified block from disk (also kept in memory), or ``None``;

@@ -92,8 +92,12 @@ class Catalog:
 
     def __init__(self, settings, archive, store: MetaStore,
                  stats_provider: Callable[[], dict] | None = None,
-                 render_preview: Callable[[str], bytes] | None = None):
+                 render_preview: Callable[[str], bytes] | None = None,
+                 on_first_bytes: Callable[[FileInfo, bytes], None] | None = None):
         self.settings = settings
+        # on_first_bytes(info, data): where a directory's size probes hand
+        # each file's first bytes (the block cache); None: sizes by HEAD.
+        self.on_first_bytes = on_first_bytes
         self.archive = archive
         self.store = store
         self._stats_provider = stats_provider or (lambda: {})
@@ -379,7 +383,8 @@ class Catalog:
             pending = [i for i in listing.values() if not i.is_dir and not i.size_exact]
             if not pending or self.settings.offline:
                 return listing
-            resolved = {i.name: i for i in self.archive.resolve_sizes(pending)}
+            resolved = {i.name: i for i in self.archive.resolve_sizes(
+                pending, on_first_bytes=self.on_first_bytes)}
             merged = {name: resolved.get(name, info) for name, info in listing.items()}
             self.store.put(key, merged, fetched_at=hit[0] if hit else None)
             return merged

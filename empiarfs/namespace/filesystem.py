@@ -140,7 +140,9 @@ class EmpiarFS:
         self.reader = BlockReader(self._fetch, self.settings, self.memory, self.disk)
         render_preview = (lambda directory: previewer(self, directory)) if previewer else None
         self.catalog = Catalog(self.settings, self.archive, self.meta, stats_provider=self.stats,
-                               render_preview=render_preview)
+                               render_preview=render_preview,
+                               on_first_bytes=lambda info, data: self.reader.keep_first_bytes(
+                                   FileKey(info.url, info.fingerprint), data))
         self._closed = False
         self._lock = threading.Lock()
 

@@ -678,6 +678,43 @@ class Transport:
             stat = RemoteStat(size, stat.etag, stat.last_modified, stat.mtime, stat.url)
         return stat
 
+    def probe(self, url: str, nbytes: int, *, deadline=None) -> tuple[RemoteStat, bytes]:
+        """What :meth:`head` tells, and the file's first ``nbytes`` bytes
+        (fewer for a shorter file), in one range request: the size is the
+        reply's Content-Range total. On a long path this costs what a HEAD
+        costs (one round trip while the body fits TCP's first window), and
+        the header a reader asks for next is already here.
+
+        A server that answers 200 (no ranges) gives its Content-Length and
+        the first bytes; the rest of the body is not read.
+
+        Raises
+        ------
+        NotFound, RemoteError
+            As :meth:`head`.
+        """
+        if nbytes <= 0:
+            raise ValueError(f"nbytes must be positive: {nbytes}")
+
+        def consume(resp, final, ctl):
+            body, total = self._consume_range(resp, final, 0, nbytes, None, ctl)
+            etag, modified = _validators(resp, final)
+            if resp.status_code == 416 and total is None:
+                total = 0   # a range of an empty file, without Content-Range
+            return RemoteStat(
+                size=total, etag=etag, last_modified=modified, mtime=parse_http_date(modified),
+                url=(self.site.origin_url_for(final) or final) if self.site is not None else final,
+            ), body
+
+        stat, first = self._request(
+            "GET", url, deadline=deadline, hedge=True,
+            headers={"Range": f"bytes=0-{nbytes - 1}", "Accept-Encoding": "identity"},
+            consume=consume)
+        if stat.size is None:
+            # "Content-Range: bytes 0-N/*": the server does not know; ask HEAD.
+            return self.head(url, deadline=deadline), first
+        return stat, first[:stat.size]
+
     def fetch_range(
         self,
         url: str,
@@ -1067,6 +1104,8 @@ class Transport:
         got = 0
         try:
             step = CHUNK if sink is None else SINK_CHUNK
+            if want is not None:
+                step = max(1, min(step, want))   # a 200 to a probe: not a MiB more than asked
             for chunk in resp.raw.stream(step, decode_content=True):
                 if ctl is not None:
                     ctl.check()
