@@ -140,3 +140,24 @@ def test_scheduler_hands_back_queued_jobs_on_cancel_and_close():
     # Closed while "running" still runs: the queued demand is handed back.
     assert sched.close(timeout=0.1) == [("f", "wanted")]
     gate.set()
+
+
+def test_a_fast_link_uses_few_connections_per_file():
+    from empiarfs.cache.readahead import FAST_LINK_CONNECTIONS, FAST_LINK_TTFB, connections_for_link
+
+    assert connections_for_link(None, 16) == 16              # not timed yet: a long path
+    assert connections_for_link(0.2, 16) == 16               # EMPIAR-like
+    assert connections_for_link(FAST_LINK_TTFB / 10, 16) == FAST_LINK_CONNECTIONS
+    assert connections_for_link(FAST_LINK_TTFB / 10, 1) == 1  # never more than asked
+    assert connections_for_link(0.0005, 0) == 1
+
+
+def test_fewer_connections_mean_larger_pieces():
+    from empiarfs.cache.readahead import ReadAheadConfig
+
+    class S:
+        block_size, readahead, max_request, parallel_per_file = 128 * 1024, 64 * MiB, 8 * MiB, 16
+
+    slow = ReadAheadConfig.from_settings(S, 1024 * MiB)
+    fast = ReadAheadConfig.from_settings(S, 1024 * MiB, connections=2)
+    assert slow.piece(64 * MiB) == 2 * MiB and fast.piece(64 * MiB) == 8 * MiB

@@ -29,6 +29,27 @@ from typing import Optional
 
 from empiarfs.config import MiB
 
+# A link whose replies start within this many seconds is fast (loopback, a
+# LAN, a site cache next door): one connection already carries hundreds of
+# MB/s, and the daemon's own CPU, not the network, is the limit.
+FAST_LINK_TTFB = 0.010
+FAST_LINK_CONNECTIONS = 2
+
+
+def connections_for_link(typical_ttfb: Optional[float], per_file: int) -> int:
+    """Connections one file's reads should use at once.
+
+    A long path (EMPIAR: ~1 s per request, ~1.5 MB/s per connection) needs
+    ``per_file`` of them to fill the link. On a fast one they only add
+    threads that contend for the GIL: a cold 512 MiB read through the
+    mount from Apache on loopback ran at 242-257 MB/s with 16 connections
+    and 308-379 MB/s with 1 or 2 (docs/performance.md). Until a reply was
+    timed (``typical_ttfb`` None) the link counts as long."""
+    per_file = max(1, per_file)
+    if typical_ttfb is not None and typical_ttfb < FAST_LINK_TTFB:
+        return min(per_file, FAST_LINK_CONNECTIONS)
+    return per_file
+
 
 @dataclass(frozen=True)
 class ReadAheadConfig:
@@ -41,12 +62,16 @@ class ReadAheadConfig:
     streams_per_file: int = 8
 
     @classmethod
-    def from_settings(cls, settings, memory_bytes: int) -> "ReadAheadConfig":
+    def from_settings(cls, settings, memory_bytes: int,
+                      connections: Optional[int] = None) -> "ReadAheadConfig":
         """The window never exceeds a quarter of the memory cache, so blocks
-        fetched ahead are not evicted before they are read."""
+        fetched ahead are not evicted before they are read. ``connections``
+        defaults to ``parallel_per_file``."""
         bs = settings.block_size
+        if connections is None:
+            connections = settings.parallel_per_file
         return cls(block_size=bs, max_window=max(bs, min(settings.readahead, memory_bytes // 4)),
-                   max_request=settings.max_request, connections=max(1, settings.parallel_per_file))
+                   max_request=settings.max_request, connections=max(1, connections))
 
     def piece(self, window: int) -> int:
         """Request size for a window: window / (2 x connections), in whole

@@ -19,8 +19,9 @@ How a read works
 2. Outside the lock, claimed blocks are looked up on disk; the rest are
    coalesced into range requests of at most ``max_request`` bytes and run
    on a shared thread pool (``parallel_total`` threads), at most
-   ``parallel_per_file`` at a time per file (further jobs queue per file,
-   demand before read-ahead).
+   ``parallel_per_file`` at a time per file (2 on a fast link: see
+   :func:`~empiarfs.cache.readahead.connections_for_link`; further jobs
+   queue per file, demand before read-ahead).
 3. The read waits for its flights until ``settings.deadline`` and raises
    :class:`DeadlineExceeded` if they are not done; the fetch may go on and
    still fills the caches. Flights it gave up on are forgotten so the next
@@ -126,6 +127,10 @@ class BlockReader:
         The persistent cache; ``None`` for memory only.
     stats : ReaderStats, optional
         Counters; a new one is made if omitted (``reader.stats``).
+    connections : callable, optional
+        ``connections() -> int``: requests one file may have in flight now
+        (see :func:`~empiarfs.cache.readahead.connections_for_link`);
+        ``settings.parallel_per_file`` if omitted.
 
     Raises
     ------
@@ -134,7 +139,8 @@ class BlockReader:
     """
 
     def __init__(self, fetch: Fetch, settings, memory: MemoryLRU,
-                 disk: Optional[DiskStore] = None, stats: Optional[ReaderStats] = None):
+                 disk: Optional[DiskStore] = None, stats: Optional[ReaderStats] = None,
+                 connections: Optional[Callable[[], int]] = None):
         if disk is not None and disk.block_size != settings.block_size:
             raise ValueError(
                 f"disk cache block size {disk.block_size} differs from settings.block_size "
@@ -144,13 +150,13 @@ class BlockReader:
         self.cache = TieredCache(memory, disk, settings.block_size)
         self.stats = stats if stats is not None else ReaderStats()
         self._bs = settings.block_size
-        self._policy = ReadAheadConfig.from_settings(settings, memory.max_bytes)
+        self._connections = connections or (lambda: settings.parallel_per_file)
+        self._memory_bytes = memory.max_bytes
         self._lock = threading.Lock()
         self._files: dict[FileVersion, _FileState] = {}
         self._url_versions: dict[str, set] = {}
         self._closed = False
-        self._scheduler = FetchScheduler(self._run, settings.parallel_total,
-                                         settings.parallel_per_file)
+        self._scheduler = FetchScheduler(self._run, settings.parallel_total, self._connections)
 
     @property
     def memory(self) -> MemoryLRU:
@@ -260,7 +266,9 @@ class BlockReader:
             for other, st in list(self._files.items()):
                 if self._idle(st):
                     del self._files[other]
-        state = self._files[key] = _FileState(key, self._policy)
+        policy = ReadAheadConfig.from_settings(self.settings, self._memory_bytes,
+                                               connections=self._connections())
+        state = self._files[key] = _FileState(key, policy)
         return state
 
     def _idle(self, state: _FileState) -> bool:

@@ -16,7 +16,7 @@ import concurrent.futures
 import logging
 import threading
 from collections import deque
-from typing import Callable, Hashable
+from typing import Callable, Hashable, Union
 
 from empiarfs.errors import RemoteError
 
@@ -39,13 +39,15 @@ class FetchScheduler:
         ``run(item, job)``, on a pool thread; its exceptions are logged.
     workers : int
         Pool size (all items together).
-    per_item : int
-        Jobs of one item running at once, at most.
+    per_item : int or callable
+        Jobs of one item running at once, at most; a callable is asked
+        each time a job is submitted (the link may turn out to be fast).
     """
 
-    def __init__(self, run: Callable[[Hashable, object], None], workers: int, per_item: int):
+    def __init__(self, run: Callable[[Hashable, object], None], workers: int,
+                 per_item: Union[int, Callable[[], int]]):
         self._run = run
-        self._per_item = max(1, per_item)
+        self._per_item = per_item if callable(per_item) else (lambda: per_item)
         self._lock = threading.Lock()
         self._queues: dict = {}
         self._futures: set = set()
@@ -67,7 +69,7 @@ class FetchScheduler:
             q = self._queues.get(item)
             if q is None:
                 q = self._queues[item] = _Queue()
-            if q.active < self._per_item:
+            if q.active < max(1, self._per_item()):
                 q.active += 1
                 self._start(item, job)
             else:

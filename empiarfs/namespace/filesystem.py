@@ -18,6 +18,7 @@ import time
 
 from empiarfs.cache.disk import CacheLocked, DiskStore
 from empiarfs.cache.memory import MemoryLRU
+from empiarfs.cache.readahead import connections_for_link
 from empiarfs.cache.reader import BlockReader, FileKey
 from empiarfs.cache.stats import RecentErrors
 from empiarfs.config import Settings
@@ -137,7 +138,10 @@ class EmpiarFS:
                         self.transport.close()
                     raise
                 _memory_only(exc)
-        self.reader = BlockReader(self._fetch, self.settings, self.memory, self.disk)
+        self.reader = BlockReader(
+            self._fetch, self.settings, self.memory, self.disk,
+            connections=lambda: connections_for_link(self.transport.typical_ttfb,
+                                                     self.settings.parallel_per_file))
         render_preview = (lambda directory: previewer(self, directory)) if previewer else None
         self.catalog = Catalog(self.settings, self.archive, self.meta, stats_provider=self.stats,
                                render_preview=render_preview,

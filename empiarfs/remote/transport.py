@@ -790,6 +790,12 @@ class Transport:
         # One reply is the common case: hand it on without another copy.
         return pieces[0] if len(pieces) == 1 else b"".join(pieces)
 
+    @property
+    def typical_ttfb(self) -> Optional[float]:
+        """Typical seconds from sending a request to its reply's headers
+        (a moving average), or ``None`` before the first reply."""
+        return self._ttfb
+
     def ignores_ranges(self, url: str) -> bool:
         """Has the server of ``url`` answered a range request with 200?"""
         return urlsplit(url).netloc in self._ignores_ranges
