@@ -63,7 +63,7 @@ from empiarfs.model import Fingerprint
 
 log = logging.getLogger(__name__)
 
-Fetch = Callable[[str, int, int, Fingerprint], bytes]
+Fetch = Callable[[str, int, int, Fingerprint], "bytes | bytearray"]
 
 # A read's own missing blocks go out in at most this many requests, each
 # at least MIN_URGENT_PIECE: before read-ahead starts, a stream's first
@@ -115,7 +115,7 @@ class BlockReader:
     Parameters
     ----------
     fetch : callable
-        ``fetch(url, start, end, fingerprint) -> bytes``; may raise
+        ``fetch(url, start, end, fingerprint) -> bytes`` (or a bytearray); may raise
         ``RemoteError``, ``StaleFile``, ``DeadlineExceeded`` or any
         ``OSError``.
     settings : empiarfs.config.Settings
@@ -382,7 +382,7 @@ class BlockReader:
     def _fetch_checked(self, key: FileVersion, start: int, end: int) -> bytes:
         self.stats.add("requests")
         data = self._fetch(key.url, start, end, key.fingerprint)
-        if not isinstance(data, bytes):
+        if not isinstance(data, (bytes, bytearray)):
             data = bytes(data)
         if len(data) != end - start:
             raise BadResponse(

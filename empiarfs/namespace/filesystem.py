@@ -244,7 +244,7 @@ class EmpiarFS:
             raise RemoteError(f"offline: {url} bytes {start}-{end} are not cached", url=url)
         # A fetch never outlives a read's deadline: abandoned fetches would
         # otherwise hold pool threads and connections (a 1 byte/s server).
-        return self.transport.fetch_range(url, start, end, expect=fingerprint,
+        return self.transport.fetch_range(url, start, end, expect=fingerprint, buffer=True,
                                           deadline=time.monotonic() + self.settings.deadline)
 
     # ------------------------------------------------------------- metadata
