@@ -30,9 +30,12 @@ class FakeArchive:
         self.down = False
         self.tree = {
             "": [FileInfo("1.xml", "1.xml", False, 10, True, 5.0, "u/1.xml"),
-                 FileInfo("data", "data", True, url="u/data/")],
+                 FileInfo("data", "data", True, url="u/data/"),
+                 FileInfo("many", "many", True, url="u/many/")],
             "data": [FileInfo("movies", "data/movies", True, url="u/data/movies/"),
                      FileInfo("a b,c.mrc", "data/a b,c.mrc", False, 2048, False, 7.0, "u/data/a%20b,c.mrc")],
+            "many": [FileInfo(f"f{i}.tif", f"many/f{i}.tif", False, 2048, False, 7.0, f"u/many/f{i}.tif")
+                     for i in range(5)],
             "data/movies": [],
         }
 
@@ -75,7 +78,7 @@ def catalog(tmp_path):
 def test_root_and_entry_listing(catalog):
     assert [n.name for n in catalog.listdir("/")] == [".empiarfs", "EMPIAR-1"]
     names = {n.name for n in catalog.listdir("/EMPIAR-1")}
-    assert names == {"1.xml", "data", "entry.json", "README.txt", "lambda-ber.yaml", "imagesets"}
+    assert names == {"1.xml", "data", "many", "entry.json", "README.txt", "lambda-ber.yaml", "imagesets"}
 
 
 def test_exact_size_resolved_once_per_directory(catalog):
@@ -83,6 +86,21 @@ def test_exact_size_resolved_once_per_directory(catalog):
     assert node.size == 2000 and node.info.size_exact
     catalog.lookup("EMPIAR-1/data/a b,c.mrc")
     assert sum(1 for c in catalog.fake.calls if c[0] == "resolve") == 1
+
+
+def test_a_file_opened_by_path_resolves_alone_a_listed_folder_in_one_batch(catalog):
+    # Opening two files of an unlisted folder by their paths: one size each.
+    for name in ("f0.tif", "f1.tif"):
+        assert catalog.lookup(f"EMPIAR-1/many/{name}").info.size_exact
+    resolves = [c for c in catalog.fake.calls if c[0] == "resolve"]
+    assert resolves == [("resolve", ("f0.tif",)), ("resolve", ("f1.tif",))]
+    # Once listed (ls -l), the rest go in one batch, the resolved ones not again.
+    catalog.listdir("EMPIAR-1/many")
+    assert catalog.lookup("EMPIAR-1/many/f2.tif").size == 2000
+    for i in range(5):
+        assert catalog.lookup(f"EMPIAR-1/many/f{i}.tif").info.size_exact
+    resolves = [c for c in catalog.fake.calls if c[0] == "resolve"]
+    assert resolves[2:] == [("resolve", ("f2.tif", "f3.tif", "f4.tif"))]
 
 
 def test_listings_fetched_once_and_served_stale_when_down(catalog):

@@ -111,6 +111,8 @@ class Catalog:
         self._accession_set: tuple = (None, frozenset())
         self._parsed = cachetools.LRUCache(maxsize=256)
         self._versions = cachetools.LRUCache(maxsize=256)
+        # Directories listed by this process: (accession, relpath) -> True.
+        self._listed = cachetools.LRUCache(maxsize=4096)
         # render_preview(directory) -> PNG bytes; no previews/ folders without it.
         self._previews = Previews(render_preview) if render_preview is not None else None
 
@@ -228,12 +230,21 @@ class Catalog:
         return entry
 
     def resolve(self, node: Node) -> Node:
-        """The same node with an exact size (directory sizes are resolved in one batch)."""
+        """The same node with an exact size. In a directory that was listed
+        (``ls -l``, a glob, a header scan), every size is resolved in one
+        batch; otherwise only this file's: opening one file of a 3,000-file
+        folder by its path must not cost 3,000 requests (about 90 s at
+        EMPIAR's pace of ~1 s per request, 32 at a time)."""
         if node.kind != "file" or node.info is None or node.info.size_exact:
             return node
         acc = node.accession
         rel = node.info.path.rsplit("/", 1)[0] if "/" in node.info.path else ""
-        listing = self._resolve_dir(acc, rel)
+        with self._memo_lock:
+            listed = (acc, rel) in self._listed
+        if listed:
+            listing = self._resolve_dir(acc, rel)
+        else:
+            listing = self._resolve_one(acc, rel, node.name)
         info = listing.get(node.name)
         if info is None:
             return node
@@ -389,6 +400,23 @@ class Catalog:
             self.store.put(key, merged, fetched_at=hit[0] if hit else None)
             return merged
 
+    def _resolve_one(self, acc: str, rel: str, name: str) -> dict[str, FileInfo]:
+        """The directory's listing with the exact size of ``name`` resolved."""
+        key = f"dir:{acc}/{rel}"
+        listing = self._remote_dir(acc, rel)
+        info = listing.get(name)
+        if info is None or info.is_dir or info.size_exact or self.settings.offline:
+            return listing
+        resolved = self.archive.resolve_sizes([info], on_first_bytes=self.on_first_bytes)[0]
+        if not resolved.size_exact:
+            return listing   # listed but gone (404): the hint stays
+        with self._values.key_lock(key):
+            hit = self.store.get(key)
+            merged = dict(hit[1] if hit else listing)
+            merged[name] = resolved
+            self.store.put(key, merged, fetched_at=hit[0] if hit else None)
+            return merged
+
     def _remote_lookup(self, acc: str, rel_parts: list[str]) -> Node | None:
         parent = "/".join(rel_parts[:-1])
         try:
@@ -406,6 +434,8 @@ class Catalog:
             listing = self._remote_dir(acc, rel)
         except NotFound as exc:
             raise NotFound(f"{acc}/{rel}: no such directory", path=rel) from exc
+        with self._memo_lock:
+            self._listed[(acc, rel)] = True   # its files' sizes now go in one batch
         return [self._node_for(acc, info) for info in listing.values()]
 
     def _node_for(self, acc: str, info: FileInfo) -> Node:
