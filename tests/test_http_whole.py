@@ -15,7 +15,7 @@ import threading
 import pytest
 
 from empiarfs.config import Settings
-from empiarfs.errors import BadResponse, StaleFile
+from empiarfs.errors import BadResponse, RemoteError, StaleFile
 from empiarfs.model import Fingerprint
 from empiarfs.remote.transport import Transport
 
@@ -249,3 +249,23 @@ def test_connection_refused_is_said_in_plain_words(transport):
     text = str(info.value)
     assert "Connection refused" in text
     assert "HTTPConnection" not in text and " at 0x" not in text
+
+
+def test_requests_go_through_the_proxy_the_environment_names(serve, monkeypatch):
+    # Facilities reach the internet through an HTTP proxy named in the
+    # environment; NO_PROXY hosts are asked directly.
+    proxy = serve(head_reply())
+    port = proxy.url.split(":")[2].split("/")[0]
+    monkeypatch.setenv("HTTP_PROXY", f"http://127.0.0.1:{port}")
+    monkeypatch.setenv("NO_PROXY", "direct.example")
+    settings = Settings(api_url="http://archive.example/empiar/api",
+                        data_url="http://archive.example/empiar/world_availability",
+                        retries=1, backoff_max=0.05, stall_timeout=2.0, connect_timeout=2.0,
+                        ftp_url="")
+    with Transport(settings) as transport:
+        url = "http://archive.example/empiar/world_availability/1/f.bin"
+        assert transport.head(url).size == len(BODY)
+        assert proxy.requests[0].startswith(b"HEAD " + url.encode() + b" HTTP/1.1\r\n")
+        with pytest.raises(RemoteError):   # not through the proxy: the name does not resolve
+            transport.head("http://direct.example/empiar/world_availability/1/f.bin")
+        assert len(proxy.requests) == 1

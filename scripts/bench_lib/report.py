@@ -95,8 +95,10 @@ def targets(profile: str, w: dict, refs: dict, memory_cache: int,
         add("warm re-read / local disk read", r, ">= 0.50", r is not None and r >= 0.5, "x")
     scan = w.get("header_scan")
     if scan:
-        add("header scan: requests per file", scan["requests_per_file"], "<= 1",
-            scan["requests_per_file"] <= 1)
+        # Hedged duplicates of never-answered requests (1 in 30 on tcp-wan)
+        # are counted apart: the goal is one request per file, not two.
+        first = (scan["requests_per_file"] * scan["files"] - scan.get("hedges", 0)) / scan["files"]
+        add("header scan: requests per file, hedges apart", first, "<= 1", first <= 1)
         add("header scan: blocks fetched per file", scan["blocks_per_file"], "<= 2",
             scan["blocks_per_file"] <= 2)
         lat = refs.get("latency", {}).get("seconds")
