@@ -399,7 +399,13 @@ def test_a_busy_disk_store_is_a_miss_not_a_wait(archive, open_reader, tmp_path):
     close(first)
     second = open_reader(make_settings(deadline=5.0), disk=True, directory=directory)
     before = len(archive.requests)
-    with held_elsewhere(lambda: second.disk._index._read_lock):
+    import contextlib
+
+    from empiarfs.cache.disk import index as index_module
+
+    with contextlib.ExitStack() as held:
+        for _ in range(index_module.READERS):   # every reading connection
+            held.enter_context(held_elsewhere(second.disk._index.read))
         started = time.monotonic()
         assert second.read(key, 0, key.size) == archive.files["f"]
         assert time.monotonic() - started < disk_module.LOOKUP_WAIT + 2.0

@@ -282,6 +282,7 @@ class Index:
         self._read_lock = threading.Condition(threading.Lock())
         self._writer = self._connect(WRITE_WAIT, wal=True)
         self._idle_readers: list[sqlite3.Connection] = []
+        self._opening = 0   # reading connections being opened
         self._readers: list[sqlite3.Connection] = []
         try:
             self.upgraded = self._prepare()
@@ -371,15 +372,24 @@ class Index:
         deadline = None if wait is None else time.monotonic() + wait
         with self._read_lock:
             while not self._idle_readers:
-                if len(self._readers) < READERS:
-                    db = self._connect(READ_WAIT)
-                    self._readers.append(db)
-                    return db
+                if self._opening + len(self._readers) < READERS:
+                    self._opening += 1
+                    break
                 left = None if deadline is None else deadline - time.monotonic()
                 if left is not None and left <= 0:
                     return None
                 self._read_lock.wait(left)
-            return self._idle_readers.pop()
+            else:
+                return self._idle_readers.pop()
+        # Opened outside the lock: on a stalled disk only this caller waits.
+        try:
+            db = self._connect(READ_WAIT)
+        finally:
+            with self._read_lock:
+                self._opening -= 1
+        with self._read_lock:
+            self._readers.append(db)
+        return db
 
     def replaced(self) -> bool:
         """Was the database file removed or replaced since it was opened?"""
