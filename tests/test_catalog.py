@@ -31,11 +31,14 @@ class FakeArchive:
         self.tree = {
             "": [FileInfo("1.xml", "1.xml", False, 10, True, 5.0, "u/1.xml"),
                  FileInfo("data", "data", True, url="u/data/"),
-                 FileInfo("many", "many", True, url="u/many/")],
+                 FileInfo("many", "many", True, url="u/many/"),
+                 FileInfo("walk", "walk", True, url="u/walk/")],
             "data": [FileInfo("movies", "data/movies", True, url="u/data/movies/"),
                      FileInfo("a b,c.mrc", "data/a b,c.mrc", False, 2048, False, 7.0, "u/data/a%20b,c.mrc")],
             "many": [FileInfo(f"f{i}.tif", f"many/f{i}.tif", False, 2048, False, 7.0, f"u/many/f{i}.tif")
                      for i in range(5)],
+            "walk": [FileInfo(f"w{i:02d}.tif", f"walk/w{i:02d}.tif", False, 2048, False, 7.0,
+                              f"u/walk/w{i:02d}.tif") for i in range(20)],
             "data/movies": [],
         }
 
@@ -78,7 +81,8 @@ def catalog(tmp_path):
 def test_root_and_entry_listing(catalog):
     assert [n.name for n in catalog.listdir("/")] == [".empiarfs", "EMPIAR-1"]
     names = {n.name for n in catalog.listdir("/EMPIAR-1")}
-    assert names == {"1.xml", "data", "many", "entry.json", "README.txt", "lambda-ber.yaml", "imagesets"}
+    assert names == {"1.xml", "data", "many", "walk", "entry.json", "README.txt", "lambda-ber.yaml",
+                     "imagesets"}
 
 
 def test_exact_size_resolved_once_per_directory(catalog):
@@ -101,6 +105,19 @@ def test_a_file_opened_by_path_resolves_alone_a_listed_folder_in_one_batch(catal
         assert catalog.lookup(f"EMPIAR-1/many/f{i}.tif").info.size_exact
     resolves = [c for c in catalog.fake.calls if c[0] == "resolve"]
     assert resolves[2:] == [("resolve", ("f2.tif", "f3.tif", "f4.tif"))]
+
+
+def test_a_folder_walked_file_by_file_goes_to_one_batch(catalog):
+    # A loader statting every path of a file list: the first few one at a
+    # time, then the rest of the folder at once (each single rewrote the
+    # folder's stored listing: 1,045 stats took 48 s instead of 2.3 s).
+    from empiarfs.namespace.catalog import SINGLES_BEFORE_BATCH
+
+    for i in range(20):
+        assert catalog.lookup(f"EMPIAR-1/walk/w{i:02d}.tif").info.size_exact
+    resolves = [c[1] for c in catalog.fake.calls if c[0] == "resolve"]
+    assert resolves[:SINGLES_BEFORE_BATCH] == [(f"w{i:02d}.tif",) for i in range(SINGLES_BEFORE_BATCH)]
+    assert resolves[SINGLES_BEFORE_BATCH:] == [tuple(f"w{i:02d}.tif" for i in range(SINGLES_BEFORE_BATCH, 20))]
 
 
 def test_listings_fetched_once_and_served_stale_when_down(catalog):

@@ -57,6 +57,9 @@ from empiarfs.remote.metadata import parse_entry
 
 log = logging.getLogger(__name__)
 
+# Sizes of one folder resolved one file at a time before the rest go in one batch.
+SINGLES_BEFORE_BATCH = 8
+
 CONTROL_DIR = ".empiarfs"
 STATS_FILE = "stats.json"
 IMAGESETS = "imagesets"
@@ -111,8 +114,10 @@ class Catalog:
         self._accession_set: tuple = (None, frozenset())
         self._parsed = cachetools.LRUCache(maxsize=256)
         self._versions = cachetools.LRUCache(maxsize=256)
-        # Directories listed by this process: (accession, relpath) -> True.
+        # Directories listed by this process: (accession, relpath) -> True;
+        # and how many of a folder's sizes were resolved one at a time.
         self._listed = cachetools.LRUCache(maxsize=4096)
+        self._singles = cachetools.LRUCache(maxsize=4096)
         # render_preview(directory) -> PNG bytes; no previews/ folders without it.
         self._previews = Previews(render_preview) if render_preview is not None else None
 
@@ -234,14 +239,23 @@ class Catalog:
         (``ls -l``, a glob, a header scan), every size is resolved in one
         batch; otherwise only this file's: opening one file of a 3,000-file
         folder by its path must not cost 3,000 requests (about 90 s at
-        EMPIAR's pace of ~1 s per request, 32 at a time)."""
+        EMPIAR's pace of ~1 s per request, 32 at a time). After
+        SINGLES_BEFORE_BATCH such files the folder counts as walked and the
+        rest go in one batch too: one at a time, each also rewrote the
+        folder's stored listing, and a `stat` of the 1,045 files of the
+        sample, 16 at a time, took 48.4 s instead of 2.3 s."""
         if node.kind != "file" or node.info is None or node.info.size_exact:
             return node
         acc = node.accession
         rel = node.info.path.rsplit("/", 1)[0] if "/" in node.info.path else ""
         with self._memo_lock:
-            listed = (acc, rel) in self._listed
-        if listed:
+            # A folder whose files are looked up one after another (a loader
+            # walking a file list, `stat` of every path) is being walked too.
+            walked = self._singles.get((acc, rel), 0)
+            batch = (acc, rel) in self._listed or walked >= SINGLES_BEFORE_BATCH
+            if not batch:
+                self._singles[(acc, rel)] = walked + 1
+        if batch:
             listing = self._resolve_dir(acc, rel)
         else:
             listing = self._resolve_one(acc, rel, node.name)
