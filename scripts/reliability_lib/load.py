@@ -6,7 +6,7 @@ it) injects faults.
   once -- stalls, truncated and reset bodies, 503/429 bursts, replies cut
   anywhere, replies that lie.
 * One phase per fault kind: a fresh mount with FTP unreachable (names from
-  the listing, sizes from HEAD and the Content-Range probe) and the fault
+  the listing, sizes from range probes: the Content-Range total) and the fault
   on from the start, so that entry JSON, listings and HEADs meet it as well
   as range reads; every size is checked by ``stat`` before the load. The
   outcomes of these phases are the "by fault kind" table of

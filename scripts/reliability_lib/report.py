@@ -52,7 +52,7 @@ def _by_kind(figures: dict) -> list:
         "## By fault kind",
         "",
         "One phase per kind: a fresh mount with FTP unreachable (names from the listing, sizes",
-        "from HEAD and the Content-Range probe), the fault on from the first request (entry JSON,",
+        "from range probes: the Content-Range total), the fault on from the first request (entry JSON,",
         "listings, HEADs and range reads alike), every size checked by `stat` (how long that took:",
         f"the stats column), then readers for {figures.get('kind_seconds', 0):.0f} s. Server faults "
         "hit 1 reply in 20; `stall`: 1 in",
