@@ -24,9 +24,9 @@ request cost 929 us through ``requests.Session`` and 440 us through urllib3
 Proxies come from the environment as requests took them (``HTTP(S)_PROXY``,
 ``NO_PROXY``), and so does the CA bundle (``REQUESTS_CA_BUNDLE``,
 ``CURL_CA_BUNDLE``, else requests' own).
-Hedged attempts run on a private thread pool; a losing attempt is flagged
-and stops at its next chunk (or at its stall timeout), never blocking the
-caller.
+Hedged attempts run on a private thread pool; a losing attempt is cancelled
+and its socket cut as soon as another one has its reply's headers, never
+blocking the caller nor holding a connection.
 """
 
 from __future__ import annotations
@@ -499,7 +499,7 @@ class _Pools:
         manager = self._routes.get(key)
         if manager is not None:
             return manager
-        proxy = self._proxies.get(parts.scheme)
+        proxy = self._proxies.get(parts.scheme) or self._proxies.get("all")
         if proxy and urllib.request.proxy_bypass_environment(parts.hostname or "", self._proxies):
             proxy = None
         with self._lock:
