@@ -120,10 +120,32 @@ def test_header_reads_after_a_listing_need_no_request(archive_server, settings_f
             with open(os.path.join(sample_root, "world_availability", "10002", f["path"]), "rb") as src:
                 assert head == src.read(1024), f["path"]
         assert archive_server.stats.get("requests.file") == before
-        assert stats(mnt)["reader"]["hits_first_bytes"] >= len([f for f in files if f["size"]])
+        # Files larger than the probe are read from its bytes; smaller ones
+        # came whole and are their block 0 (kept on disk too, for offline).
+        assert stats(mnt)["reader"]["hits_first_bytes"] >= len([f for f in files
+                                                                if f["size"] > 16 * 1024])
         # Past the first bytes, the blocks come as always, byte for byte.
         for f in files:
             assert sha256_of(os.path.join(mnt, acc, f["path"])) == f["sha256"], f["path"]
+
+
+def test_a_small_file_read_from_its_probe_is_there_offline(archive_server, settings_for,
+                                                           manifest, tmp_path):
+    # The probe brought the whole file: it is block 0 on disk as well, so a
+    # remount without network still serves it.
+    settings = settings_for(archive_server, tmp_path, ftp_url="")
+    small = next(f for f in manifest["files"] if f["entry"] == "EMPIAR-10002"
+                 and f["path"] == "data/particles.star")
+    assert 1024 < small["size"] < 16 * 1024
+    path = f"EMPIAR-10002/{small['path']}"
+    before = archive_server.stats.get("requests.file")
+    with mounted(settings, tmp_path / "mnt") as mnt:
+        want = open(os.path.join(mnt, path), "rb").read()
+    assert archive_server.stats.get("requests.file") - before == 1   # the probe, nothing more
+    assert hashlib.sha256(want).hexdigest() == small["sha256"]
+    with mounted(settings.replace(offline=True), tmp_path / "mnt") as mnt:
+        assert open(os.path.join(mnt, path), "rb").read() == want
+    assert archive_server.stats.get("requests.file") - before == 1
 
 
 def test_tree_layout_and_virtual_files(settings, manifest, tmp_path):

@@ -428,9 +428,17 @@ class BlockReader:
     # ------------------------------------------------------------------- API
     def keep_first_bytes(self, key: FileVersion, data: bytes) -> None:
         """Keep the first bytes of a file version that a size probe brought
-        (``data`` starts at offset 0; at most the file's size)."""
-        if len(data) <= key.size:
-            self.cache.keep_first_bytes(key, bytes(data))
+        (``data`` starts at offset 0; at most the file's size). A file they
+        hold whole is its block 0 and goes to both tiers, so it is there
+        offline after a remount; the first bytes of a larger file stay in
+        memory (a block on disk is whole)."""
+        if len(data) > key.size:
+            return
+        data = bytes(data)
+        if len(data) == key.size and 0 < key.size <= self._bs:
+            self.cache.put(key, [(0, data)])
+        else:
+            self.cache.keep_first_bytes(key, data)
 
     def invalidate(self, url: str) -> None:
         """Drop every cached block of ``url`` (all versions), in memory and
