@@ -269,3 +269,56 @@ def test_requests_go_through_the_proxy_the_environment_names(serve, monkeypatch)
         with pytest.raises(RemoteError):   # not through the proxy: the name does not resolve
             transport.head("http://direct.example/empiar/world_availability/1/f.bin")
         assert len(proxy.requests) == 1
+
+
+@pytest.fixture(scope="module")
+def tls_server(tmp_path_factory):
+    """An HTTPS server on loopback with a self-signed certificate for
+    localhost (made by openssl, which scripts/setup installs)."""
+    import functools
+    import http.server
+    import ssl
+    import subprocess
+
+    where = tmp_path_factory.mktemp("tls")
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
+                    "-keyout", str(where / "key.pem"), "-out", str(where / "cert.pem"),
+                    "-subj", "/CN=localhost", "-addext", "subjectAltName=DNS:localhost"],
+                   check=True, capture_output=True)
+    (where / "f.bin").write_bytes(BODY)
+
+    class Quiet(http.server.SimpleHTTPRequestHandler):
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(
+        ("127.0.0.1", 0), functools.partial(Quiet, directory=str(where)))
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(str(where / "cert.pem"), str(where / "key.pem"))
+    server.socket = context.wrap_socket(server.socket, server_side=True)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield f"https://localhost:{server.server_address[1]}", where / "cert.pem"
+    server.shutdown()
+
+
+def test_https_checks_the_certificate_against_the_bundle_named_in_the_environment(
+        tls_server, monkeypatch):
+    # The archive is HTTPS: an unknown certificate is one clear TLS error;
+    # the bundle in REQUESTS_CA_BUNDLE (a site's own CA) is trusted;
+    # verify_tls=false trusts any (a local test server).
+    base, cert = tls_server
+    url = f"{base}/f.bin"
+    settings = dict(api_url=f"{base}/empiar/api", data_url=f"{base}/empiar/world_availability",
+                    ftp_url="", retries=0, stall_timeout=5.0, connect_timeout=5.0)
+    monkeypatch.delenv("REQUESTS_CA_BUNDLE", raising=False)
+    monkeypatch.delenv("CURL_CA_BUNDLE", raising=False)
+    with Transport(Settings(**settings)) as transport:
+        with pytest.raises(RemoteError, match="TLS error talking to localhost.*verify_tls=false"):
+            transport.head(url)
+    monkeypatch.setenv("REQUESTS_CA_BUNDLE", str(cert))
+    with Transport(Settings(**settings)) as transport:
+        assert transport.head(url).size == len(BODY)
+        assert transport.get_bytes(url) == BODY
+    monkeypatch.delenv("REQUESTS_CA_BUNDLE")
+    with Transport(Settings(**settings, verify_tls=False)) as transport:
+        assert transport.get_bytes(url) == BODY
