@@ -191,7 +191,7 @@ class BlockReader:
         if not indices:
             return b""
         end = min(offset + size, file_size)
-        if end <= self.settings.block_size and indices.start == 0:
+        if end <= self._bs:   # within block 0: the probed first bytes may hold it
             first = self.cache.first_bytes(key)
             if first is not None and end <= len(first):
                 # A header read after a size probe: no request at all.

@@ -408,11 +408,7 @@ class Catalog:
             pending = [i for i in listing.values() if not i.is_dir and not i.size_exact]
             if not pending or self.settings.offline:
                 return listing
-            resolved = {i.name: i for i in self.archive.resolve_sizes(
-                pending, on_first_bytes=self.on_first_bytes)}
-            merged = {name: resolved.get(name, info) for name, info in listing.items()}
-            self.store.put(key, merged, fetched_at=hit[0] if hit else None)
-            return merged
+            return self._store_resolved(key, listing, hit, self._resolve_sizes(pending))
 
     def _resolve_one(self, acc: str, rel: str, name: str) -> dict[str, FileInfo]:
         """The directory's listing with the exact size of ``name`` resolved."""
@@ -421,15 +417,23 @@ class Catalog:
         info = listing.get(name)
         if info is None or info.is_dir or info.size_exact or self.settings.offline:
             return listing
-        resolved = self.archive.resolve_sizes([info], on_first_bytes=self.on_first_bytes)[0]
-        if not resolved.size_exact:
+        resolved = self._resolve_sizes([info])   # outside the lock: singles go in parallel
+        if not resolved[name].size_exact:
             return listing   # listed but gone (404): the hint stays
         with self._values.key_lock(key):
             hit = self.store.get(key)
-            merged = dict(hit[1] if hit else listing)
-            merged[name] = resolved
-            self.store.put(key, merged, fetched_at=hit[0] if hit else None)
-            return merged
+            return self._store_resolved(key, hit[1] if hit else listing, hit, resolved)
+
+    def _resolve_sizes(self, infos: list[FileInfo]) -> dict[str, FileInfo]:
+        return {i.name: i for i in self.archive.resolve_sizes(
+            infos, on_first_bytes=self.on_first_bytes)}
+
+    def _store_resolved(self, key: str, listing: dict, hit, resolved: dict) -> dict[str, FileInfo]:
+        """``listing`` with ``resolved`` merged in, stored under ``key``
+        (its fetch time kept; key lock held)."""
+        merged = {name: resolved.get(name, info) for name, info in listing.items()}
+        self.store.put(key, merged, fetched_at=hit[0] if hit else None)
+        return merged
 
     def _remote_lookup(self, acc: str, rel_parts: list[str]) -> Node | None:
         parent = "/".join(rel_parts[:-1])

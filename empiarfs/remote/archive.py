@@ -20,7 +20,7 @@ from urllib.parse import quote
 from cachetools import TTLCache
 
 from empiarfs.config import DEFAULT_FTP_URL, Settings
-from empiarfs.errors import BadResponse, InvalidInput, NotFound, RemoteError
+from empiarfs.errors import BadResponse, InvalidInput, NotFound
 from empiarfs.model import Entry, FileInfo
 from empiarfs.paths import clean_relpath
 from empiarfs.remote import accession as accessions
@@ -420,33 +420,26 @@ class Archive:
             return None
 
     def _probe(self, url):
-        """``(RemoteStat, first bytes)``; ``(None, None)`` for a listed file
-        that answers 404. A remembered HEAD answers without the bytes."""
+        """``(RemoteStat, first bytes)`` by a range probe (see ``_remembered``)."""
+        return self._remembered(url, lambda: self.transport.probe(url, FIRST_BYTES))
+
+    def _head_cached(self, url):
+        """``RemoteStat`` by HEAD (see ``_remembered``)."""
+        return self._remembered(url, lambda: (self.transport.head(url), None))[0]
+
+    def _remembered(self, url, ask):
+        """``(RemoteStat, first bytes or None)`` from ``ask()``, remembered
+        for ``metadata_ttl``; a remembered answer comes without bytes.
+        ``(None, None)`` for a listed file that answers 404."""
         with self._stat_lock:
             hit = self._stats.get(url)
         if hit is not None:
             return hit, None
         try:
-            stat, first = self.transport.probe(url, FIRST_BYTES)
+            stat, first = ask()
         except NotFound:
             log.warning("%s is listed but answers 404; keeping the listing's size hint", url)
             return None, None
         with self._stat_lock:
             self._stats[url] = stat
         return stat, first
-
-    def _head_cached(self, url):
-        with self._stat_lock:
-            hit = self._stats.get(url)
-        if hit is not None:
-            return hit
-        try:
-            stat = self.transport.head(url)
-        except NotFound:
-            log.warning("%s is listed but answers 404; keeping the listing's size hint", url)
-            return None
-        except RemoteError:
-            raise
-        with self._stat_lock:
-            self._stats[url] = stat
-        return stat

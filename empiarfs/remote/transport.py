@@ -719,15 +719,7 @@ class Transport:
         """
 
         def consume(resp, final, ctl):
-            etag, modified = _validators(resp, final)
-            return RemoteStat(
-                size=_content_length(resp, final),
-                etag=etag,
-                last_modified=modified,
-                mtime=parse_http_date(modified),
-                # The archive's URL, not the site cache's: callers keep it.
-                url=(self.site.origin_url_for(final) or final) if self.site is not None else final,
-            )
+            return self._remote_stat(resp, final, _content_length(resp, final))
 
         stat = self._request(
             "HEAD", url, deadline=deadline, headers={"Accept-Encoding": "identity"}, consume=consume
@@ -763,13 +755,9 @@ class Transport:
 
         def consume(resp, final, ctl):
             body, total = self._consume_range(resp, final, 0, nbytes, None, ctl)
-            etag, modified = _validators(resp, final)
             if resp.status_code == 416 and total is None:
                 total = 0   # a range of an empty file, without Content-Range
-            return RemoteStat(
-                size=total, etag=etag, last_modified=modified, mtime=parse_http_date(modified),
-                url=(self.site.origin_url_for(final) or final) if self.site is not None else final,
-            ), body
+            return self._remote_stat(resp, final, total), body
 
         stat, first = self._request(
             "GET", url, deadline=deadline, hedge=True,
@@ -779,6 +767,14 @@ class Transport:
             # "Content-Range: bytes 0-N/*": the server does not know; ask HEAD.
             return self.head(url, deadline=deadline), first
         return stat, first[:stat.size]
+
+    def _remote_stat(self, resp, final: str, size: Optional[int]) -> RemoteStat:
+        etag, modified = _validators(resp, final)
+        return RemoteStat(
+            size=size, etag=etag, last_modified=modified, mtime=parse_http_date(modified),
+            # The archive's URL, not the site cache's: callers keep it.
+            url=(self.site.origin_url_for(final) or final) if self.site is not None else final,
+        )
 
     def fetch_range(
         self,
