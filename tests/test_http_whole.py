@@ -322,3 +322,19 @@ def test_https_checks_the_certificate_against_the_bundle_named_in_the_environmen
     monkeypatch.delenv("REQUESTS_CA_BUNDLE")
     with Transport(Settings(**settings, verify_tls=False)) as transport:
         assert transport.get_bytes(url) == BODY
+
+
+def test_a_proxy_that_cannot_be_reached_is_named(monkeypatch):
+    # A broken proxy is not the archive being down: the error names it.
+    with socket.socket() as closed:
+        closed.bind(("127.0.0.1", 0))
+        port = closed.getsockname()[1]
+    monkeypatch.setenv("HTTP_PROXY", f"http://127.0.0.1:{port}")
+    monkeypatch.delenv("NO_PROXY", raising=False)
+    monkeypatch.delenv("no_proxy", raising=False)
+    settings = Settings(api_url="http://archive.example/empiar/api",
+                        data_url="http://archive.example/empiar/world_availability",
+                        retries=0, connect_timeout=2.0, ftp_url="")
+    with Transport(settings) as transport:
+        with pytest.raises(RemoteError, match=f"through the proxy http://127.0.0.1:{port}"):
+            transport.head("http://archive.example/empiar/world_availability/1/f.bin")

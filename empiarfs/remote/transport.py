@@ -1102,7 +1102,8 @@ class Transport:
         if isinstance(data, str):
             data = data.encode("utf-8")
         try:
-            raw = self.pools.for_url(url).urlopen(
+            manager = self.pools.for_url(url)
+            raw = manager.urlopen(
                 method, url, body=data, headers=sent, preload_content=False, decode_content=True,
                 redirect=False, retries=False, timeout=urllib3.Timeout(connect=connect, read=stall),
             )
@@ -1124,8 +1125,12 @@ class Transport:
             # spliced reply, worth another try.
             raise _Transient(f"malformed headers from {_host(url)}: {_reason(exc)}",
                              kind="bad_headers", url=url) from exc
-        except (urllib3.exceptions.ProtocolError, urllib3.exceptions.ProxyError,
-                http.client.HTTPException, OSError) as exc:
+        except urllib3.exceptions.ProxyError as exc:
+            # Not the archive's fault: say which proxy (from the environment).
+            raise _Transient(f"cannot reach {_host(url)} through the proxy {manager.proxy} "
+                             f"(HTTP_PROXY/HTTPS_PROXY): {_reason(exc)}", kind="connection",
+                             url=url) from exc
+        except (urllib3.exceptions.ProtocolError, http.client.HTTPException, OSError) as exc:
             if _caused_by(exc, CutHeaders):
                 raise _Transient(f"the reply from {_host(url)} was cut inside its headers",
                                  kind="cut_headers", url=url) from exc
