@@ -86,13 +86,13 @@ class Settings:
     max_request: int = 8 * MiB
     # Longest read-ahead window per open file.
     readahead: int = 64 * MiB
-    # The kernel's own read-ahead on the mount (its bdi read_ahead_kb), set
-    # when the daemon may (root); 0 leaves the kernel's 128 KiB. Larger
-    # values speed up fast links, but under faults one read() then waits on
-    # several large FUSE requests in a row and can pass its deadline, so it
-    # is for fast, reliable links (a mirror, re-reading cached data).
+    # The kernel's own read-ahead on the mount (its bdi read_ahead_kb), which
+    # is also the largest read the kernel sends the daemon. "auto": 1 MiB
+    # while the link is fast and has been quiet for a minute, else the
+    # kernel's 128 KiB (empiarfs/fuse/kernel_readahead.py says why); a size
+    # fixes it; 0 leaves the kernel's. Set only when the daemon runs as root.
     # Measurements: docs/performance.md, "Tuning".
-    kernel_readahead: int = 0
+    kernel_readahead: int | str = "auto"
     # Concurrent range requests per file and overall.
     parallel_per_file: int = 16
     parallel_total: int = 32
@@ -178,8 +178,7 @@ def _read_config(path: str) -> dict:
 
 _TRUE = ("1", "true", "yes", "on")
 _FALSE = ("0", "false", "no", "off")
-_SIZE_FIELDS = {"cache_size", "memory_cache", "block_size", "max_request", "readahead",
-                "kernel_readahead"}
+_SIZE_FIELDS = {"cache_size", "memory_cache", "block_size", "max_request", "readahead"}
 
 
 def _site_cache_url(value) -> str:
@@ -208,6 +207,9 @@ def _coerce(settings: Settings) -> Settings:
         default = f.default if f.default is not dataclasses.MISSING else None
         if f.name in _SIZE_FIELDS:
             changes[f.name] = parse_size(value)
+        elif f.name == "kernel_readahead":
+            auto = isinstance(value, str) and value.strip().lower() == "auto"
+            changes[f.name] = "auto" if auto else parse_size(value)
         elif isinstance(default, bool):
             if isinstance(value, str):
                 word = value.strip().lower()

@@ -389,6 +389,42 @@ def test_kernel_readahead_raised_and_reads_stay_exact(settings, manifest, tmp_pa
             assert sha256_of(os.path.join(mnt, key)) == f["sha256"], key
 
 
+def _knob(mnt) -> str:
+    st = os.stat(mnt)
+    return f"/sys/class/bdi/{os.major(st.st_dev)}:{os.minor(st.st_dev)}/read_ahead_kb"
+
+
+def _wait_for_knob(knob, wanted, timeout=10.0):
+    deadline = time.monotonic() + timeout
+    while open(knob).read().strip() != wanted:
+        assert time.monotonic() < deadline, f"{knob} is {open(knob).read().strip()}, not {wanted}"
+        time.sleep(0.05)
+
+
+def test_kernel_readahead_follows_the_link(settings, archive_server, manifest, tmp_path):
+    """By default (auto) the mount's read-ahead is 1 MiB once replies come
+    fast, and the kernel's 128 KiB again from the first fault on; reads
+    stay exact either side of the change."""
+    files = sorted(_by_entry(manifest).items(), key=lambda kv: -kv[1]["size"])[:2]
+    with mounted(settings, tmp_path / "mnt") as mnt:
+        knob = _knob(mnt)
+        kernel_default = open(knob).read().strip()
+        (first, f1), (second, f2) = files
+        assert sha256_of(os.path.join(mnt, first)) == f1["sha256"]
+        if os.geteuid() != 0:   # only root may write the knob
+            assert open(knob).read().strip() == kernel_default
+            return
+        _wait_for_knob(knob, "1024")
+        deadline = time.monotonic() + 10
+        while stats(mnt)["mount"].get("kernel_readahead") != 1024 * 1024:
+            assert time.monotonic() < deadline, stats(mnt)["mount"]
+            time.sleep(0.1)
+        archive_server.faults.error_burst(503, count=1)   # one retry
+        assert sha256_of(os.path.join(mnt, second)) == f2["sha256"]
+        _wait_for_knob(knob, "128")
+        assert stats(mnt)["mount"]["kernel_readahead"] == 128 * 1024
+
+
 def test_kernel_keeps_the_no_acl_answer(settings, tmp_path):
     """`ls -l` asks every file for its ACL; with FUSE_POSIX_ACL negotiated the
     kernel keeps the "no ACL" answer, so a warm `ls -l` asks the daemon only

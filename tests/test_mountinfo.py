@@ -1,7 +1,7 @@
-"""empiarfs.fuse.mount.mount_device: finding a FUSE mount's device in the text
+"""empiarfs.fuse.kernel_readahead.mount_device: finding a FUSE mount's device in the text
 of /proc/self/mountinfo (pure logic)."""
 
-from empiarfs.fuse.mount import mount_device
+from empiarfs.fuse.kernel_readahead import mount_device
 
 MOUNTINFO = """\
 22 1 254:1 / / rw,relatime shared:1 - ext4 /dev/vda rw

@@ -24,6 +24,7 @@ import threading
 import time
 
 from empiarfs.errors import EmpiarfsError, InvalidInput
+from empiarfs.fuse.kernel_readahead import follow_link, tune_kernel_readahead
 
 log = logging.getLogger(__name__)
 
@@ -268,9 +269,8 @@ def run_fuse(fs_factory, mountpoint: str, settings, *, foreground_debug: bool = 
                    debug=foreground_debug)
     if settings.allow_other:
         options["allow_other"] = True
-    if settings.kernel_readahead:
-        threading.Thread(target=tune_kernel_readahead, name="empiarfs-readahead", daemon=True,
-                         args=(os.path.realpath(mountpoint), settings.kernel_readahead)).start()
+    stop_steering = _steer_kernel_readahead(operations, os.path.realpath(mountpoint),
+                                            settings.kernel_readahead)
     try:
         mfusepy.FUSE(operations, mountpoint, raw_fi=True, **options)
     except RuntimeError as exc:
@@ -282,69 +282,29 @@ def run_fuse(fs_factory, mountpoint: str, settings, *, foreground_debug: bool = 
         # way, which is what was asked for.
         log.warning("FUSE session on %s ended with status %s (aborted or lazily unmounted)",
                     mountpoint, exc)
+    finally:
+        stop_steering.set()
 
 
-def mount_device(mountpoint: str, mountinfo: str) -> str | None:
-    """The ``major:minor`` of the newest FUSE mount at ``mountpoint`` in
-    the text of ``/proc/<pid>/mountinfo``, or None.
+def _steer_kernel_readahead(operations, mountpoint: str, setting) -> threading.Event:
+    """Start the thread that sets the mount's kernel read-ahead: once to a
+    fixed size, or (``auto``) following the link; the event stops it."""
+    stop = threading.Event()
+    if setting == "auto":
+        def link_state():
+            fs = operations.fs
+            return None if fs is None else fs.link_state()
 
-    Read from the mount table rather than by ``stat()``, which would ask the
-    FUSE daemon itself and wait for it while it is still starting.
-    """
-    found = None
-    for line in mountinfo.splitlines():
-        fields = line.split(" ")
-        try:
-            separator = fields.index("-", 6)
-        except ValueError:
-            continue
-        if len(fields) <= separator + 1 or not fields[separator + 1].startswith("fuse"):
-            continue
-        if _unescape_mountinfo(fields[4]) == mountpoint:
-            found = fields[2]
-    return found
-
-
-def _unescape_mountinfo(field: str) -> str:
-    # The kernel writes space, tab, newline and backslash as octal escapes.
-    for code, char in (("\\040", " "), ("\\011", "\t"), ("\\012", "\n"), ("\\134", "\\")):
-        field = field.replace(code, char)
-    return field
-
-
-def tune_kernel_readahead(mountpoint: str, size: int, timeout: float = 30.0) -> bool:
-    """Set the kernel's read-ahead for the mount at ``mountpoint`` (a
-    resolved path: resolving it once mounted would ask the daemon) to
-    ``size`` bytes once the mount appears; True if it was set.
-
-    At the kernel's default (128 KiB) every FUSE read is 128 KiB and the
-    per-request cost of the Python data path caps sequential reads. Needs
-    root (the sysfs file is root's); without it the default stays.
-    """
-    deadline = time.monotonic() + timeout
-    device = None
-    while device is None:
-        try:
-            with open("/proc/self/mountinfo") as handle:
-                device = mount_device(mountpoint, handle.read())
-        except OSError as exc:
-            log.info("cannot read the mount table (%s); kernel read-ahead left as is", exc)
-            return False
-        if device is None:
-            if time.monotonic() > deadline:
-                log.info("mount %s not seen in the mount table; kernel read-ahead left as is",
-                         mountpoint)
-                return False
-            time.sleep(0.05)
-    knob = f"/sys/class/bdi/{device}/read_ahead_kb"
-    try:
-        with open(knob, "w") as handle:
-            handle.write(str(max(4, size // 1024)))
-    except OSError as exc:
-        log.info("cannot set %s (%s); kernel read-ahead left at its default", knob, exc)
-        return False
-    log.debug("kernel read-ahead of %s set to %d KiB", mountpoint, size // 1024)
-    return True
+        def record(size):
+            if operations.fs is not None:
+                operations.fs.mount_state["kernel_readahead"] = size
+        threading.Thread(target=follow_link, name="empiarfs-readahead", daemon=True,
+                         args=(mountpoint, link_state, stop),
+                         kwargs={"on_change": record}).start()
+    elif setting:
+        threading.Thread(target=tune_kernel_readahead, name="empiarfs-readahead", daemon=True,
+                         args=(mountpoint, setting)).start()
+    return stop
 
 
 def daemonize_and_mount(child_main, mountpoint: str, log_file: str, timeout: float = 60.0) -> int:

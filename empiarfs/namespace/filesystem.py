@@ -149,6 +149,8 @@ class EmpiarFS:
                                    FileKey(info.url, info.fingerprint), data))
         self._closed = False
         self._lock = threading.Lock()
+        # What the mount layer set on the kernel's side, for stats.json.
+        self.mount_state: dict = {}
 
     def _open_disk(self, directory: str) -> DiskStore:
         # Shared: other processes on this node may use the directory too.
@@ -319,6 +321,16 @@ class EmpiarFS:
         cached = min(cached, node.size)
         return f"{cached}/{node.size} bytes cached"
 
+    def link_state(self) -> tuple:
+        """``(typical_ttfb, faults)``: how soon replies start (None before
+        the first) and a running count of what went wrong on the way
+        (stalls, retries, hedges, reads that failed or hit the deadline)."""
+        network = self.transport.stats.snapshot()
+        reader = self.reader.stats.snapshot()
+        faults = (network.get("stalls", 0) + network.get("retries", 0) + network.get("hedges", 0)
+                  + reader["errors"] + reader["deadlines"])
+        return self.transport.typical_ttfb, faults
+
     def stats(self) -> dict:
         """Counters: requests, bytes fetched, hits, cache usage."""
         disk = self.disk.info() if self.disk is not None else {}
@@ -337,6 +349,7 @@ class EmpiarFS:
             "memory_cache": {"bytes_used": self.memory.bytes_used,
                              "max_bytes": self.memory.max_bytes},
             "disk_cache": disk,
+            "mount": dict(self.mount_state),
             "last_errors": self.errors.snapshot(),
         }
 
