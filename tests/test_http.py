@@ -95,6 +95,20 @@ def test_basic_verbs(server, transport):
     assert snap["requests"] == 4 and snap["retries"] == 0 and snap["errors"] == 0
 
 
+def test_quickest_ttfb_is_the_links_floor(server, transport):
+    """One slow reply (a cold server, a handshake) does not hide a fast
+    link: the quickest recent reply tells how far the archive is, while the
+    moving average, which paces hedges, remembers the slow one."""
+    assert transport.quickest_ttfb is None and transport.typical_ttfb is None
+    server.faults.latency = 0.3
+    transport.head(url(server))
+    server.faults.latency = 0.0
+    for _ in range(3):
+        transport.head(url(server))
+    assert transport.quickest_ttfb < 0.05
+    assert transport.typical_ttfb > 0.15
+
+
 def test_fetch_range_exact_and_clipped(server, transport):
     u = url(server)
     assert transport.fetch_range(u, 0, 10) == FILE[:10]

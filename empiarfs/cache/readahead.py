@@ -36,17 +36,18 @@ FAST_LINK_TTFB = 0.010
 FAST_LINK_CONNECTIONS = 2
 
 
-def connections_for_link(typical_ttfb: Optional[float], per_file: int) -> int:
+def connections_for_link(link_ttfb: Optional[float], per_file: int) -> int:
     """Connections one file's reads should use at once.
 
     A long path (EMPIAR: ~1 s per request, ~1.5 MB/s per connection) needs
     ``per_file`` of them to fill the link. On a fast one they only add
     threads that contend for the GIL: a cold 512 MiB read through the
     mount from Apache on loopback ran at 242-257 MB/s with 16 connections
-    and 308-379 MB/s with 1 or 2 (docs/performance.md). Until a reply was
-    timed (``typical_ttfb`` None) the link counts as long."""
+    and 308-379 MB/s with 1 or 2 (docs/performance.md). ``link_ttfb`` is
+    the link's quickest recent time to headers; until a reply was timed
+    (None) the link counts as long."""
     per_file = max(1, per_file)
-    if typical_ttfb is not None and typical_ttfb < FAST_LINK_TTFB:
+    if link_ttfb is not None and link_ttfb < FAST_LINK_TTFB:
         return min(per_file, FAST_LINK_CONNECTIONS)
     return per_file
 

@@ -44,8 +44,8 @@ POLL_EVERY = 0.1
 class ReadaheadPolicy:
     """Which read-ahead the mount should have now: ``fast`` while replies
     start within ``fast_ttfb`` and no fault was seen for ``quiet_for``
-    seconds, else ``slow``. Pure: the caller passes the clock, the typical
-    time to first byte (None before any reply) and a running count of
+    seconds, else ``slow``. Pure: the caller passes the clock, the link's
+    quickest recent time to headers (None before any reply) and a running count of
     faults (stalls, retries, hedges, failed reads); a count that grew is a
     fault now."""
 
@@ -56,12 +56,12 @@ class ReadaheadPolicy:
     _faults: int = field(default=0, init=False)
     _last_fault: Optional[float] = field(default=None, init=False)
 
-    def choose(self, now: float, typical_ttfb: Optional[float], faults: int) -> int:
+    def choose(self, now: float, link_ttfb: Optional[float], faults: int) -> int:
         if faults != self._faults:
             self._faults = faults
             self._last_fault = now
         quiet = self._last_fault is None or now - self._last_fault >= self.quiet_for
-        fast = typical_ttfb is not None and typical_ttfb < self.fast_ttfb
+        fast = link_ttfb is not None and link_ttfb < self.fast_ttfb
         return self.fast if fast and quiet else self.slow
 
 
@@ -157,7 +157,7 @@ def follow_link(mountpoint: str, link_state: Callable[[], Optional[tuple]],
                 every: float = POLL_EVERY) -> None:
     """Keep the mount's read-ahead where ``policy`` says until ``stop``.
 
-    ``link_state()`` returns ``(typical_ttfb, faults)``, or None while the
+    ``link_state()`` returns ``(link_ttfb, faults)``, or None while the
     filesystem is not built yet. ``on_change(size)`` hears each value set.
     """
     policy = policy or ReadaheadPolicy()

@@ -140,7 +140,7 @@ class EmpiarFS:
                 _memory_only(exc)
         self.reader = BlockReader(
             self._fetch, self.settings, self.memory, self.disk,
-            connections=lambda: connections_for_link(self.transport.typical_ttfb,
+            connections=lambda: connections_for_link(self.transport.quickest_ttfb,
                                                      self.settings.parallel_per_file))
         render_preview = (lambda directory: previewer(self, directory)) if previewer else None
         self.catalog = Catalog(self.settings, self.archive, self.meta, stats_provider=self.stats,
@@ -322,14 +322,14 @@ class EmpiarFS:
         return f"{cached}/{node.size} bytes cached"
 
     def link_state(self) -> tuple:
-        """``(typical_ttfb, faults)``: how soon replies start (None before
-        the first) and a running count of what went wrong on the way
+        """``(quickest_ttfb, faults)``: how soon replies can start (None
+        before the first) and a running count of what went wrong on the way
         (stalls, retries, hedges, reads that failed or hit the deadline)."""
         network = self.transport.stats.snapshot()
         reader = self.reader.stats.snapshot()
         faults = (network.get("stalls", 0) + network.get("retries", 0) + network.get("hedges", 0)
                   + reader["errors"] + reader["deadlines"])
-        return self.transport.typical_ttfb, faults
+        return self.transport.quickest_ttfb, faults
 
     def stats(self) -> dict:
         """Counters: requests, bytes fetched, hits, cache usage."""

@@ -31,6 +31,7 @@ blocking the caller nor holding a connection.
 
 from __future__ import annotations
 
+import collections
 import email.utils
 import heapq
 import http.client
@@ -90,6 +91,8 @@ SINK_CHUNK = 64 * 1024
 MAX_REDIRECTS = 10
 # Hedges never fire sooner than this after a request was sent.
 HEDGE_FLOOR = 0.25
+# Replies whose time to headers gives the link's floor (quickest_ttfb).
+RECENT_REPLIES = 16
 # Attempts of one request in flight at most (the first and its hedges).
 HEDGE_ATTEMPTS = 3
 _REDIRECT_STATUSES = (301, 302, 303, 307, 308)
@@ -625,6 +628,8 @@ class Transport:
         self._ignores_ranges: set[str] = set()
         self._closed = False
         self._ttfb: Optional[float] = None  # typical seconds to response headers
+        self._recent_ttfb: collections.deque = collections.deque(maxlen=RECENT_REPLIES)
+        self._recent_lock = threading.Lock()
 
     # -- public verbs -------------------------------------------------------
 
@@ -860,6 +865,17 @@ class Transport:
         """Typical seconds from sending a request to its reply's headers
         (a moving average), or ``None`` before the first reply."""
         return self._ttfb
+
+    @property
+    def quickest_ttfb(self) -> Optional[float]:
+        """The quickest of the last ``RECENT_REPLIES`` replies' seconds to
+        headers, or ``None`` before the first: the link's floor (round trip
+        plus server), which tells a fast link from a long one. The moving
+        average starts at the first reply, which pays for a handshake and
+        a cold server: on loopback it took more requests than a mount makes
+        before its first read to fall below 10 ms."""
+        with self._recent_lock:
+            return min(self._recent_ttfb) if self._recent_ttfb else None
 
     def ignores_ranges(self, url: str) -> bool:
         """Has the server of ``url`` answered a range request with 200?"""
@@ -1141,6 +1157,8 @@ class Transport:
         elapsed = time.monotonic() - started
         # An exponentially weighted mean; races here only blur it.
         self._ttfb = elapsed if self._ttfb is None else 0.9 * self._ttfb + 0.1 * elapsed
+        with self._recent_lock:
+            self._recent_ttfb.append(elapsed)
         return _Reply(raw)
 
     def _stalled(self, message: str, url: str) -> _Transient:
