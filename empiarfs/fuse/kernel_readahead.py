@@ -140,7 +140,7 @@ class ReadaheadKnob:
         except OSError as exc:
             log.info("cannot set %s (%s); kernel read-ahead left at its default", self.path, exc)
             return False
-        log.debug("kernel read-ahead of %s set to %d KiB", self.mountpoint, size // KiB)
+        log.info("kernel read-ahead of %s set to %d KiB", self.mountpoint, size // KiB)
         self.value = size
         return True
 
