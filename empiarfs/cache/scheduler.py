@@ -6,8 +6,8 @@ hands back to ``run(item, job)``; it knows nothing of blocks, caches or
 HTTP. Threads are created lazily on the first submit, i.e. after a daemon
 has forked.
 
-Lock order: ``_lock`` is a leaf (the executor's own lock aside); ``run`` is
-never called with it held.
+Lock order: ``_lock`` is a leaf; neither ``run`` nor the executor is
+called with it held.
 """
 
 from __future__ import annotations
@@ -69,11 +69,13 @@ class FetchScheduler:
             q = self._queues.get(item)
             if q is None:
                 q = self._queues[item] = _Queue()
-            if q.active < max(1, self._per_item()):
+            start = q.active < max(1, self._per_item())
+            if start:
                 q.active += 1
-                self._start(item, job)
             else:
                 (q.urgent if urgent else q.background).append(job)
+        if start and not self._start(item, job):
+            raise RemoteError("block reader is closed")
 
     def promote(self, item: Hashable, wanted: Callable[[object], bool]) -> None:
         """A reader now waits for a queued read-ahead job: move the first
@@ -120,11 +122,24 @@ class FetchScheduler:
             log.warning("%d fetches still running after close()", len(not_done))
         return queued
 
-    # -- lock held ------------------------------------------------------------
-    def _start(self, item, job) -> None:
-        future = self._pool.submit(self._runner, item, job)
-        self._futures.add(future)
-        future.add_done_callback(self._futures.discard)
+    # -- lock not held: the pool may start a thread, which took milliseconds
+    # -- under a busy GIL, and every reader queued behind the lock meanwhile
+    # -- (a quarter of a header scan's FUSE threads' time at a fresh mount)
+    def _start(self, item, job) -> bool:
+        """Hand ``job`` to the pool (its slot already counted); False if
+        the scheduler closed meanwhile (close() then fails what is pending)."""
+        try:
+            future = self._pool.submit(self._runner, item, job)
+        except RuntimeError:   # the pool was shut down
+            return False
+        with self._lock:
+            self._futures.add(future)
+        future.add_done_callback(self._forget)
+        return True
+
+    def _forget(self, future) -> None:
+        with self._lock:
+            self._futures.discard(future)
 
     def _runner(self, item, job) -> None:
         try:
@@ -140,9 +155,9 @@ class FetchScheduler:
                         nxt = q.urgent.popleft()
                     elif q.background:
                         nxt = q.background.popleft()
-                if nxt is not None:
-                    self._start(item, nxt)
-                elif q is not None:
+                if nxt is None and q is not None:
                     q.active -= 1
                     if not q.active and not q.urgent and not q.background:
                         del self._queues[item]
+            if nxt is not None:
+                self._start(item, nxt)   # keeps this slot
