@@ -29,14 +29,24 @@ from empiarfs.archive_server import ArchiveServer
 from empiarfs.cli import main
 from empiarfs.namespace.filesystem import EmpiarFS
 from empiarfs.namespace.virtual import PreviewFailed, Previews
-from empiarfs.tools.preview import imageset_png
+from empiarfs.errors import InvalidInput
+from empiarfs.tools.preview import (
+    SEARCH_DEPTH,
+    SEARCH_LISTINGS,
+    _files_below,
+    _files_of,
+    imageset_png,
+    png_bytes,
+    preview,
+)
 
 BLOCK = 64 * 1024
 ACC = "EMPIAR-10002"
 SET = "Movie stacks of 80S ribosomes"          # directory "data": 8 stacks of 12 x 256 x 256
 FIRST = "data/100_movie_gc.mrcs"               # the set's first image file: its frame 0 is shown
 TOMOGRAMS = "EMPIAR-11561/previews/Reconstructed tomograms for dataset 1 (211206).png"
-UNRENDERABLE = "EMPIAR-11419/previews/Cryo Serial FIB_SEM of HeLa cells.png"  # only folders
+IN_FOLDERS = "EMPIAR-11419/previews/Cryo Serial FIB_SEM of HeLa cells.png"  # only folders
+IN_FOLDERS_DIR = "11419/data/HeLa"     # its TIFFs are in "Raw SEM images"
 
 
 @pytest.fixture(scope="module")
@@ -141,25 +151,83 @@ def test_preview_in_the_mount(server, settings, sample_root, tmp_path):
         with EmpiarFS(settings.replace(cache_dir=str(tmp_path / "other"))) as fs:
             assert imageset_png(fs, f"{ACC}/data") == data
 
-        # A set whose directory holds only folders: EIO at once, said once in the log.
-        start = time.monotonic()
-        with pytest.raises(OSError) as failed, open(os.path.join(mnt, UNRENDERABLE), "rb") as fh:
-            fh.read()
-        assert failed.value.errno == errno.EIO
-        assert time.monotonic() - start < 10
-        assert os.stat(os.path.join(mnt, UNRENDERABLE)).st_size == 0   # still listed, unsized
-
         # `empiarfs info` names the same mount-relative path and the command.
         out = CliRunner().invoke(main, ["info", ACC], env=env_for(settings),
                                  catch_exceptions=False).output
         assert f"{ACC}/previews/{SET}.png" in out
         assert f"empiarfs preview {ACC}/data -o '{SET}.png'" in out
         assert os.path.isfile(os.path.join(mnt, f"{ACC}/previews/{SET}.png"))
-    text = log_path.read_text(errors="replace")
+    assert "cannot render the preview" not in log_path.read_text(errors="replace")
+    print(f"first open rendered in {rendered_in:.2f} s")
+
+
+@requires_fuse
+@pytest.mark.fuse
+def test_preview_of_a_set_whose_files_sit_in_folders(server, settings, sample_root, tmp_path):
+    """EMPIAR-11419's image-set directory holds only folders: its picture is
+    the first TIFF of the first folder that has any, the same picture
+    `empiarfs preview` makes of the local copy of that directory."""
+    with mounted(settings, tmp_path / "mnt") as mnt:
+        with open(os.path.join(mnt, IN_FOLDERS), "rb") as fh:
+            data = fh.read()
+
+    # With those folders left out of the listing (HTTP only: FTP would name
+    # them), nothing can be drawn: EIO at once, said once in the log.
+    server.faults.omit_from_listing = {"Raw SEM images", "Segmentations"}
+    bare = settings.replace(ftp_url="", cache_dir=str(tmp_path / "bare"))
+    try:
+        with mounted(bare, tmp_path / "bare-mnt", allow_errors=True) as mnt:
+            start = time.monotonic()
+            for _ in range(2):
+                with pytest.raises(OSError) as failed, \
+                        open(os.path.join(mnt, IN_FOLDERS), "rb") as fh:
+                    fh.read()
+                assert failed.value.errno == errno.EIO
+            assert time.monotonic() - start < 10
+            assert os.stat(os.path.join(mnt, IN_FOLDERS)).st_size == 0   # still listed, unsized
+    finally:
+        server.faults.omit_from_listing = ()
+    text = (tmp_path / "bare-mnt.log").read_text(errors="replace")
     lines = [line for line in text.splitlines() if "cannot render the preview" in line]
     assert len(lines) == 1, text
-    assert UNRENDERABLE in lines[0] and "EIO" in lines[0] and "no image files" in lines[0]
-    print(f"first open rendered in {rendered_in:.2f} s")
+    assert IN_FOLDERS in lines[0] and "EIO" in lines[0] and "no image files" in lines[0]
+
+    with Image.open(io.BytesIO(data)) as picture:
+        assert picture.format == "PNG" and picture.width == 512
+    local = os.path.join(sample_root, "world_availability", *IN_FOLDERS_DIR.split("/"))
+    assert not _files_of(local, None)          # nothing of its own
+    assert data == png_bytes(preview(local))
+
+
+def test_preview_descends_depth_first_within_bounds(tmp_path):
+    """Pure logic on local folders: the first folder by name with image
+    files wins, at most SEARCH_DEPTH levels down and SEARCH_LISTINGS
+    folders listed; beyond that, one clear error."""
+    def tiff(path):
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        Image.new("L", (8, 8)).save(path)
+
+    root = tmp_path / "set"
+    (root / "a_empty").mkdir(parents=True)
+    (root / "b" / "notes.txt").parent.mkdir(parents=True)
+    (root / "b" / "notes.txt").write_text("no images here")
+    tiff(str(root / "b" / "deeper" / "x.tif"))
+    tiff(str(root / "c" / "y.tif"))
+    assert _files_below(str(root), None) == [str(root / "b" / "deeper" / "x.tif")]
+
+    deep = tmp_path / "deep"
+    tiff(str(deep.joinpath(*["d"] * (SEARCH_DEPTH + 1), "z.tif")))
+    assert _files_below(str(deep), None) == []
+    with pytest.raises(InvalidInput, match="no image files .* levels down"):
+        preview(str(deep))
+
+    wide = tmp_path / "wide"
+    for i in range(SEARCH_LISTINGS):
+        (wide / f"{i:02d}").mkdir(parents=True)
+    tiff(str(wide / "zz" / "w.tif"))
+    assert _files_below(str(wide), None) == []     # the listing budget ran out first
+    tiff(str(wide / "00" / "v.tif"))
+    assert _files_below(str(wide), None) == [str(wide / "00" / "v.tif")]
 
 
 def test_previews_render_once_however_many_ask_and_stay_bounded():

@@ -11,7 +11,8 @@ the PNG.
 
 What is a frame: a section of an MRC/MRCS stack or volume, a page of a
 TIFF, a detector frame (or fraction, with ``eer_grouping``) of an EER
-movie; for a directory (an image set), the first frame of each file.
+movie; for a directory (an image set), the first frame of each file (of
+its first folder that has image files, when it has none of its own).
 
 :func:`imageset_png` is the renderer a mount injects into its namespace
 for the ``EMPIAR-N/previews/<image set>.png`` files (the namespace, a lower
@@ -95,6 +96,11 @@ def _frame_count(path, fs) -> int:
 def _files_of(directory, fs) -> list[str]:
     """Image files of a directory (local, on a mount, or in the archive),
     sorted by name."""
+    return _entries(directory, fs)[0]
+
+
+def _entries(directory, fs) -> tuple[list[str], list[str]]:
+    """``(image files, subdirectories)`` of a directory, each sorted by name."""
     from empiarfs.formats import detect
     from empiarfs.pyapi import api
 
@@ -106,13 +112,45 @@ def _files_of(directory, fs) -> list[str]:
 
     remote = api.archive_path(directory)
     if remote is None:
-        names = sorted(os.listdir(directory))
-        return [os.path.join(directory, n) for n in names
-                if is_image(n) and os.path.isfile(os.path.join(directory, n))]
+        paths = [os.path.join(directory, n) for n in sorted(os.listdir(directory))]
+        return ([p for p in paths if is_image(p) and os.path.isfile(p)],
+                [p for p in paths if os.path.isdir(p)])
     efs = fs or api.default_fs()
-    nodes = efs.listdir(remote)
-    return [f"{remote}/{n.name}" for n in sorted(nodes, key=lambda n: n.name)
-            if n.kind == "file" and is_image(n.name)]
+    nodes = sorted(efs.listdir(remote), key=lambda n: n.name)
+    # Subdirectories keep the scheme: a bare EMPIAR-N/... is a local path first.
+    return ([f"{remote}/{n.name}" for n in nodes if n.kind == "file" and is_image(n.name)],
+            [f"{api.ARCHIVE_SCHEME}{remote}/{n.name}" for n in nodes if n.kind == "dir"])
+
+
+# An image set's files often sit in folders of their own (per grid square,
+# per sample): a directory without image files shows those of its first
+# folder that has some, looked for depth first by name, this many levels
+# down and this many folders listed at most (each listing is a request).
+SEARCH_DEPTH = 3
+SEARCH_LISTINGS = 16
+
+
+def _files_below(directory, fs) -> list[str]:
+    """Image files of the first folder under ``directory`` that has any
+    (see :data:`SEARCH_DEPTH`), or ``[]``."""
+    budget = SEARCH_LISTINGS
+
+    def walk(folder, depth) -> list[str]:
+        nonlocal budget
+        for sub in _entries(folder, fs)[1]:
+            if budget <= 0:
+                return []
+            budget -= 1
+            files, _ = _entries(sub, fs)
+            if files:
+                return files
+            if depth < SEARCH_DEPTH:
+                found = walk(sub, depth + 1)
+                if found:
+                    return found
+        return []
+
+    return walk(directory, 1)
 
 
 def _is_dir(path, fs) -> bool:
@@ -160,9 +198,10 @@ def collect(path, *, frames: Frames = None, count: Optional[int] = None, fs=None
     if frames is not None and count is not None:
         raise InvalidInput("give either frames or a count of frames to show, not both")
     if _is_dir(path, fs):
-        files = _files_of(path, fs)
+        files = _files_of(path, fs) or _files_below(path, fs)
         if not files:
-            raise InvalidInput(f"{path}: no image files (MRC, MRCS, TIFF, EER) to show")
+            raise InvalidInput(f"{path}: no image files (MRC, MRCS, TIFF, EER) to show, here "
+                               f"or in its folders {SEARCH_DEPTH} levels down")
         if count is not None:
             chosen = spread(count, len(files))
         else:
@@ -343,7 +382,7 @@ def imageset_png(fs, directory: str) -> bytes:
     Raises
     ------
     InvalidInput
-        No image files directly in the directory.
+        No image files in the directory nor in its first folders.
     NotFound, UnsupportedFormat, BadFile, MissingDependency, RemoteError
         As :func:`empiarfs.load` raises them.
     """
