@@ -338,7 +338,11 @@ class _Watchdog:
                                                 daemon=True)
                 self._thread.start()
             heapq.heappush(self._heap, (when, token, action))
-            self._cond.notify()
+            # Its thread sleeps until the earliest entry: wake it only when
+            # this one is the new earliest (every request arms one; waking
+            # the thread for each cost a thread switch per request).
+            if self._heap[0][1] == token:
+                self._cond.notify()
         return token
 
     def disarm(self, token: int) -> None:
@@ -535,6 +539,8 @@ def _cut_thread(ident: int) -> None:
 
 # The hedged attempt (if any) each thread is running.
 _CURRENT = threading.local()
+# The first attempt of a hedged request, run on the calling thread.
+_INLINE = object()
 
 
 def _stop_if_cancelled() -> None:
@@ -968,11 +974,20 @@ class Transport:
         left 1 read in 900 waiting the whole stall timeout (about one 10 s
         pause per 256 MiB on the WAN benchmark), and three attempts that
         all stayed silent still held a 3,000-file ``ls -l`` for 10 s in
-        1 cold run of 4 on the tcp-wan model."""
-        attempts: dict = {}   # future -> its _Attempt
-        lock = threading.Lock()
+        1 cold run of 4 on the tcp-wan model.
 
+        The first attempt runs on the calling thread and the watchdog
+        launches hedges on the pool meanwhile: nearly every request is
+        answered by its first attempt, and handing it to a pool thread
+        cost two thread switches per request (a header scan on loopback
+        spent ~8% of its time there). Once the first attempt is over
+        (answered, failed, or cut because a hedge had headers first) this
+        thread waits for the hedges and launches any further ones."""
+        attempts: dict = {}   # future (the first attempt: _INLINE) -> its _Attempt
+        lock = threading.Lock()
+        pending: set = set()
         winners: list = []
+        inline = {"running": True, "timer": None}
 
         def first_headers(winner):
             # The others are still waiting for headers (hedges are only
@@ -988,41 +1003,77 @@ class Transport:
                 ctl.cancel()
 
         def launch():
+            """A hedge on the pool (``lock`` held)."""
             ctl = _Attempt(first_headers)
             future = self._hedge_pool.submit(
                 self._attempt, method, url, headers, data, consume, deadline, ctl)
-            with lock:
-                attempts[future] = ctl
-            return future
+            attempts[future] = ctl
+            pending.add(future)
 
         def may_hedge():
             return not any(c.started.is_set() for c in attempts.values())
 
         def oldest_live():
-            live = [c for f, c in attempts.items() if f in pending and not c.cancelled]
+            live = [c for f, c in attempts.items() if not c.cancelled
+                    and (f in pending or (f is _INLINE and inline["running"]))]
             return live[0] if len(live) >= HEDGE_ATTEMPTS else None
 
-        pending = {launch()}
+        def wait_of(n_attempts):
+            return self._hedge_delay() * 2 ** (n_attempts - 1)
+
+        def hedge_now():
+            """A hedge (``lock`` held); True if launched."""
+            if not may_hedge():
+                return False
+            self.stats.add("hedges")
+            log.debug("hedging %s %s after %d attempt(s) without headers", method, url,
+                      len(attempts))
+            oldest = oldest_live()
+            if oldest is not None:
+                oldest.cancel()   # its attempt ends soon and is no verdict
+            launch()
+            return True
+
+        def on_timer():
+            # On the watchdog thread, while the first attempt runs here.
+            with lock:
+                if not inline["running"] or not hedge_now():
+                    return
+                inline["timer"] = _WATCHDOG.arm(time.monotonic() + wait_of(len(attempts)),
+                                                on_timer)
+
         failure = None
+        first = _Attempt(first_headers)
+        attempts[_INLINE] = first
+        inline["timer"] = _WATCHDOG.arm(time.monotonic() + wait_of(1), on_timer)
         try:
+            try:
+                return self._attempt(method, url, headers, data, consume, deadline, first)
+            except _SinkRaised:
+                raise   # the caller stopped: no waiting for the others
+            except Exception as exc:
+                if not (isinstance(exc, _Cancelled)
+                        or (first.cancelled and isinstance(exc, _Transient))):
+                    failure = exc
+            finally:
+                with lock:
+                    inline["running"] = False
+                    _WATCHDOG.disarm(inline["timer"])
             while pending:
                 timeout = None if deadline is None else max(0.0, deadline - time.monotonic())
                 hedging = may_hedge()
                 if hedging:
-                    delay = self._hedge_delay() * 2 ** (len(attempts) - 1)
+                    delay = wait_of(len(attempts))
                     timeout = delay if timeout is None else min(timeout, delay)
-                done, pending = wait_futures(pending, timeout=timeout, return_when=FIRST_COMPLETED)
+                done, _ = wait_futures(pending, timeout=timeout, return_when=FIRST_COMPLETED)
+                pending.difference_update(done)
                 if not done:
                     if deadline is not None and time.monotonic() >= deadline:
                         raise DeadlineExceeded(f"deadline passed while reading {url}", url=url)
                     # Headers may have come while we waited.
-                    if hedging and may_hedge():
-                        self.stats.add("hedges")
-                        log.debug("hedging %s %s after %.2fs without headers", method, url, delay)
-                        oldest = oldest_live()
-                        if oldest is not None:
-                            oldest.cancel()   # its future ends soon and is no verdict
-                        pending.add(launch())
+                    if hedging:
+                        with lock:
+                            hedge_now()
                     continue
                 for fut in done:
                     exc = fut.exception()
