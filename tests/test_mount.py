@@ -426,26 +426,34 @@ def test_kernel_readahead_follows_the_link(settings, archive_server, manifest, t
 
 
 def test_kernel_keeps_the_no_acl_answer(settings, tmp_path):
-    """`ls -l` asks every file for its ACL; with FUSE_POSIX_ACL negotiated the
-    kernel keeps the "no ACL" answer, so a warm `ls -l` asks the daemon only
-    for security.selinux (libfuse's debug log shows every request)."""
+    """`ls -l` asks every file for its ACL and its security label; with
+    FUSE_POSIX_ACL negotiated the kernel keeps the "no ACL" answer, and a
+    label is not supported (ENOTSUP), after which ls stops asking for the
+    rest of the mount: a warm `ls -l` of 1,000 files asks the daemon for
+    neither more than once (libfuse's debug log shows every request)."""
     mnt = tmp_path / "mnt"
     with mounted(settings, mnt, verbose=3, allow_errors=True):
         data = os.path.join(mnt, "EMPIAR-10943", "data", "Tiff")
         log_path = tmp_path / "mnt.log"
 
-        def acl_requests():
-            return log_path.read_text(errors="replace").count("system.posix_acl_access")
+        def requests_for(name):
+            return sum(1 for line in log_path.read_text(errors="replace").splitlines()
+                       if line.startswith("getxattr ") and name in line)
         listing = subprocess.run(["ls", "-l", data], capture_output=True, text=True, check=True)
         assert len(listing.stdout.splitlines()) > 100
-        first = acl_requests()
+        first = requests_for("system.posix_acl_access")
         assert first >= 1          # the log does show these requests
+        labels = requests_for("security.selinux")
         subprocess.run(["ls", "-l", data], capture_output=True, check=True)
-        assert acl_requests() == first
+        assert requests_for("system.posix_acl_access") == first
+        assert requests_for("security.selinux") - labels <= 1
         path = os.path.join(data, sorted(os.listdir(data))[0])
         with pytest.raises(OSError) as info:
             os.getxattr(path, "system.posix_acl_access")
         assert info.value.errno == errno.ENODATA
+        with pytest.raises(OSError) as info:
+            os.getxattr(path, "security.selinux")
+        assert info.value.errno == errno.ENOTSUP
         assert os.getxattr(path, "user.empiarfs.url").decode().endswith(os.path.basename(path))
 
 

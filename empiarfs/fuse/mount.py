@@ -249,6 +249,12 @@ def run_fuse(fs_factory, mountpoint: str, settings, *, foreground_debug: bool = 
     mfusepy = load_mfusepy()
     from empiarfs.fuse.operations import EmpiarOperations
 
+    if not foreground_debug:
+        # mfusepy logs every errno a callback returns, with a traceback, at
+        # DEBUG; the daemon reports the failures that matter itself, and
+        # ENOTSUP for a security label (once per `ls -l`) is no failure.
+        logging.getLogger("fuse").setLevel(logging.INFO)   # mfusepy's logger
+
     max_read = 1024 * 1024
     operations = EmpiarOperations(fs_factory, max_read=max_read,
                                   max_readahead=min(settings.max_request, 8 * 1024 * 1024),
