@@ -150,6 +150,35 @@ def test_byte_exact_at_every_alignment_and_eof(archive, open_reader):
         assert start % bs == 0 and (end % bs == 0 or end == len(data))
 
 
+def test_parts_are_the_bytes_without_a_copy(archive, open_reader):
+    """read_parts hands out the cached blocks themselves, trimmed by
+    offsets; in order they are exactly what read returns, and copy_parts
+    (what the mount's read callback does) lays them out alike."""
+    import ctypes
+
+    from empiarfs.fuse.operations import copy_parts
+
+    bs = 4 * KiB
+    key = archive.add("p", 5 * bs + 123)
+    data = archive.files["p"]
+    reader = open_reader(disk=True)
+    for offset, size in [(0, bs), (1, bs), (bs - 7, 3 * bs), (5 * bs, 500), (3, 100 * bs),
+                         (len(data), 10)]:
+        parts = reader.read_parts(key, offset, size)
+        expected = data[offset:offset + size]
+        assert b"".join(block[lo:hi] for block, lo, hi in parts) == expected
+        end = min(offset + size, len(data))
+        assert len(parts) == (len(range(offset // bs, -(-end // bs))) if offset < end else 0)
+        out = ctypes.create_string_buffer(size or 1)
+        assert copy_parts(ctypes.addressof(out), size, parts) == len(expected)
+        assert out.raw[:len(expected)] == expected
+    whole = reader.read_parts(key, bs, bs)
+    assert whole[0][0] is reader.read_parts(key, bs, bs)[0][0]     # the cached block itself
+    with pytest.raises(ValueError):
+        copy_parts(ctypes.addressof(ctypes.create_string_buffer(10)), 10,
+                   reader.read_parts(key, 0, 100))
+
+
 def test_random_reads_match_through_all_layers(archive, open_reader):
     key = archive.add("g", 300 * KiB + 17, seed=5)
     data = archive.files["g"]

@@ -246,8 +246,8 @@ def load_mfusepy():
 def run_fuse(fs_factory, mountpoint: str, settings, *, foreground_debug: bool = False) -> None:
     """Mount and serve until unmounted or signalled (SIGTERM/SIGINT unmount
     cleanly: libfuse installs the handlers)."""
-    mfusepy = load_mfusepy()
-    from empiarfs.fuse.operations import EmpiarOperations
+    load_mfusepy()   # binds mfusepy to libfuse 3 before operations imports it
+    from empiarfs.fuse.operations import EmpiarFUSE, EmpiarOperations
 
     if not foreground_debug:
         # mfusepy logs every errno a callback returns, with a traceback, at
@@ -278,7 +278,7 @@ def run_fuse(fs_factory, mountpoint: str, settings, *, foreground_debug: bool = 
     stop_steering = _steer_kernel_readahead(operations, os.path.realpath(mountpoint),
                                             settings.kernel_readahead)
     try:
-        mfusepy.FUSE(operations, mountpoint, raw_fi=True, **options)
+        EmpiarFUSE(operations, mountpoint, raw_fi=True, **options)
     except RuntimeError as exc:
         if not operations.started:
             raise MountError(f"libfuse could not mount {mountpoint} (status {exc}); is it "

@@ -265,19 +265,21 @@ class EmpiarOperations(mfusepy.Operations):
 
     @_translate
     def read(self, path, size, offset, fi):
+        """The bytes as ``(block, lo, hi)`` parts, for :class:`EmpiarFUSE`."""
         with self._handle_lock:
             handle = self._handles.get(fi.fh)
         if handle is None:
             raise mfusepy.FuseOSError(errno.EBADF)
         if isinstance(handle, _Snapshot):
-            return handle.data[offset:offset + size]
+            data = handle.data
+            return [(data, min(offset, len(data)), min(offset + size, len(data)))]
         failure = handle.failure
         if failure is not None:
             until, start, end, code = failure
             if time.monotonic() < until and offset < end and offset + size > start:
                 raise mfusepy.FuseOSError(code)
         try:
-            return self.fs.read_node(handle.node, offset, size)
+            return self.fs.read_node_parts(handle.node, offset, size)
         except Exception as exc:
             hold = min(FAILURE_HOLD, self.fs.settings.deadline / 5)
             handle.failure = (time.monotonic() + hold, offset, offset + size, errno_of(exc))
@@ -292,6 +294,40 @@ class EmpiarOperations(mfusepy.Operations):
     # Every write operation: the archive is read-only.
     write = create = truncate = unlink = mkdir = rmdir = rename = symlink = link = \
         chmod = chown = utimens = setxattr = removexattr = mknod = fallocate = _read_only
+
+
+class EmpiarFUSE(mfusepy.FUSE):
+    """mfusepy's FUSE whose ``read`` copies the parts
+    :meth:`EmpiarOperations.read` returns straight into libfuse's buffer:
+    mfusepy's wants one ``bytes``, and joining the blocks of a 1 MiB read
+    copied every byte once more."""
+
+    def read(self, path, buf, size, offset, fip):
+        name = None if path is None else path.decode(self.encoding, self.errors)
+        parts = self.operations.read(name, size, offset, fip.contents)
+        return copy_parts(ctypes.cast(buf, ctypes.c_void_p).value, size, parts)
+
+
+def copy_parts(destination: int, size: int, parts) -> int:
+    """Copy ``block[lo:hi]`` of each part to consecutive bytes from address
+    ``destination`` (at most ``size``); returns the bytes copied."""
+    done = 0
+    for block, lo, hi in parts:
+        n = hi - lo
+        if n <= 0:
+            continue
+        if done + n > size:
+            raise ValueError(f"read returned more than the {size} bytes asked for")
+        ctypes.memmove(destination + done, _address(block) + lo, n)
+        done += n
+    return done
+
+
+def _address(block) -> int:
+    """Where ``block``'s bytes are in memory (no copy; the caller holds it)."""
+    if type(block) is bytes:
+        return ctypes.cast(ctypes.c_char_p(block), ctypes.c_void_p).value
+    return ctypes.addressof((ctypes.c_char * len(block)).from_buffer(block))
 
 
 def _invalidate_attrs(path: str) -> None:

@@ -19,7 +19,7 @@ import time
 from empiarfs.cache.disk import CacheLocked, DiskStore
 from empiarfs.cache.memory import MemoryLRU
 from empiarfs.cache.readahead import connections_for_link
-from empiarfs.cache.reader import BlockReader, FileKey
+from empiarfs.cache.reader import BlockReader, FileKey, Part, join_parts
 from empiarfs.cache.stats import RecentErrors
 from empiarfs.config import Settings
 from empiarfs.errors import EmpiarfsError, InvalidInput, NotFound, RemoteError
@@ -216,17 +216,23 @@ class EmpiarFS:
         """Bytes ``[offset, offset + size)`` of a file node; ``readahead=False``
         for reads that know exactly what they want (a prefetch of named
         frames) and must not start a sequential stream."""
-        if node.kind == "virtual":
-            data = self.catalog.content(node)
-            return data[offset:offset + size]
-        if node.kind != "file":
-            raise IsADirectoryError(f"{node.path}: not a regular file")
+        return join_parts(self.read_node_parts(node, offset, size, readahead=readahead))
+
+    def read_node_parts(self, node: Node, offset: int, size: int, *,
+                        readahead: bool = True) -> list[Part]:
+        """:meth:`read_node` as ``(block, lo, hi)`` parts, no byte copied
+        (see :meth:`BlockReader.read_parts`)."""
         if offset < 0 or size < 0:
             raise InvalidInput("negative offset or size")
+        if node.kind == "virtual":
+            data = self.catalog.content(node)
+            return [(data, min(offset, len(data)), min(offset + size, len(data)))]
+        if node.kind != "file":
+            raise IsADirectoryError(f"{node.path}: not a regular file")
         if offset >= node.size or size == 0:
-            return b""
-        return self.reader.read(self.file_key(node), offset, min(size, node.size - offset),
-                                readahead=readahead)
+            return []
+        return self.reader.read_parts(self.file_key(node), offset, min(size, node.size - offset),
+                                      readahead=readahead)
 
     def file_key(self, node: Node) -> FileKey:
         return FileKey(node.info.url, node.info.fingerprint)
