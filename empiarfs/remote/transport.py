@@ -539,8 +539,6 @@ def _cut_thread(ident: int) -> None:
 
 # The hedged attempt (if any) each thread is running.
 _CURRENT = threading.local()
-# The first attempt of a hedged request, run on the calling thread.
-_INLINE = object()
 
 
 def _stop_if_cancelled() -> None:
@@ -976,18 +974,16 @@ class Transport:
         all stayed silent still held a 3,000-file ``ls -l`` for 10 s in
         1 cold run of 4 on the tcp-wan model.
 
-        The first attempt runs on the calling thread and the watchdog
-        launches hedges on the pool meanwhile: nearly every request is
-        answered by its first attempt, and handing it to a pool thread
-        cost two thread switches per request (a header scan on loopback
-        spent ~8% of its time there). Once the first attempt is over
-        (answered, failed, or cut because a hedge had headers first) this
-        thread waits for the hedges and launches any further ones."""
-        attempts: dict = {}   # future (the first attempt: _INLINE) -> its _Attempt
+        Every attempt, the first too, runs on the hedge pool. Running the
+        first on the calling thread (the watchdog launching hedges) saved
+        ~8% of a loopback header scan, but on tcp-wan with Apache replies
+        that were not lost came late enough to be hedged: a cold 3,000-file
+        ``ls -l`` made 241 hedges instead of 119 and took 18.6-20.0 s
+        instead of 14.4-14.8 (docs/performance.md, third pass)."""
+        attempts: dict = {}   # future -> its _Attempt
         lock = threading.Lock()
-        pending: set = set()
+
         winners: list = []
-        inline = {"running": True, "timer": None}
 
         def first_headers(winner):
             # The others are still waiting for headers (hedges are only
@@ -1003,77 +999,41 @@ class Transport:
                 ctl.cancel()
 
         def launch():
-            """A hedge on the pool (``lock`` held)."""
             ctl = _Attempt(first_headers)
             future = self._hedge_pool.submit(
                 self._attempt, method, url, headers, data, consume, deadline, ctl)
-            attempts[future] = ctl
-            pending.add(future)
+            with lock:
+                attempts[future] = ctl
+            return future
 
         def may_hedge():
             return not any(c.started.is_set() for c in attempts.values())
 
         def oldest_live():
-            live = [c for f, c in attempts.items() if not c.cancelled
-                    and (f in pending or (f is _INLINE and inline["running"]))]
+            live = [c for f, c in attempts.items() if f in pending and not c.cancelled]
             return live[0] if len(live) >= HEDGE_ATTEMPTS else None
 
-        def wait_of(n_attempts):
-            return self._hedge_delay() * 2 ** (n_attempts - 1)
-
-        def hedge_now():
-            """A hedge (``lock`` held); True if launched."""
-            if not may_hedge():
-                return False
-            self.stats.add("hedges")
-            log.debug("hedging %s %s after %d attempt(s) without headers", method, url,
-                      len(attempts))
-            oldest = oldest_live()
-            if oldest is not None:
-                oldest.cancel()   # its attempt ends soon and is no verdict
-            launch()
-            return True
-
-        def on_timer():
-            # On the watchdog thread, while the first attempt runs here.
-            with lock:
-                if not inline["running"] or not hedge_now():
-                    return
-                inline["timer"] = _WATCHDOG.arm(time.monotonic() + wait_of(len(attempts)),
-                                                on_timer)
-
+        pending = {launch()}
         failure = None
-        first = _Attempt(first_headers)
-        attempts[_INLINE] = first
-        inline["timer"] = _WATCHDOG.arm(time.monotonic() + wait_of(1), on_timer)
         try:
-            try:
-                return self._attempt(method, url, headers, data, consume, deadline, first)
-            except _SinkRaised:
-                raise   # the caller stopped: no waiting for the others
-            except Exception as exc:
-                if not (isinstance(exc, _Cancelled)
-                        or (first.cancelled and isinstance(exc, _Transient))):
-                    failure = exc
-            finally:
-                with lock:
-                    inline["running"] = False
-                    _WATCHDOG.disarm(inline["timer"])
             while pending:
                 timeout = None if deadline is None else max(0.0, deadline - time.monotonic())
                 hedging = may_hedge()
                 if hedging:
-                    delay = wait_of(len(attempts))
+                    delay = self._hedge_delay() * 2 ** (len(attempts) - 1)
                     timeout = delay if timeout is None else min(timeout, delay)
-                done, _ = wait_futures(pending, timeout=timeout, return_when=FIRST_COMPLETED)
-                pending.difference_update(done)
+                done, pending = wait_futures(pending, timeout=timeout, return_when=FIRST_COMPLETED)
                 if not done:
                     if deadline is not None and time.monotonic() >= deadline:
                         raise DeadlineExceeded(f"deadline passed while reading {url}", url=url)
                     # Headers may have come while we waited.
-                    if hedging:
-                        with lock:
-                            hedge_now()
+                    if hedging and may_hedge():
+                        self.stats.add("hedges")
+                        log.debug("hedging %s %s after %.2fs without headers", method, url, delay)
+                        oldest = oldest_live()
+                        if oldest is not None:
+                            oldest.cancel()   # its future ends soon and is no verdict
+                        pending.add(launch())
                     continue
                 for fut in done:
                     exc = fut.exception()
