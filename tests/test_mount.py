@@ -425,6 +425,26 @@ def test_kernel_readahead_follows_the_link(settings, archive_server, manifest, t
         assert stats(mnt)["mount"]["kernel_readahead"] == 128 * 1024
 
 
+def test_first_file_of_a_fast_mount_gets_the_large_read_ahead(settings, manifest, tmp_path):
+    """The kernel copies the mount's read-ahead into a file once the daemon
+    answered its open(): open() brings the knob up to date first, so the
+    very first file a fresh mount reads on a fast link is read in 1 MiB
+    requests (libfuse's debug log shows each READ's size)."""
+    if os.geteuid() != 0:
+        pytest.skip("only root may set the mount's read-ahead")
+    key, f = max(_by_entry(manifest).items(), key=lambda kv: kv[1]["size"])
+    assert f["size"] > 2 * 1024 * 1024
+    log_path = tmp_path / "mnt.log"
+    with mounted(settings, tmp_path / "mnt", verbose=3) as mnt:
+        path = os.path.join(mnt, key)
+        os.stat(path)                    # the lookups bring the first replies
+        assert sha256_of(path) == f["sha256"]
+    sizes = [int(m) for m in re.findall(r"^read\[\d+\] (\d+) bytes from", log_path.read_text(
+        errors="replace"), flags=re.M)]
+    assert sizes, "no READ in libfuse's log"
+    assert max(sizes) == 1024 * 1024, sorted(set(sizes))
+
+
 def test_kernel_keeps_the_no_acl_answer(settings, tmp_path):
     """`ls -l` asks every file for its ACL and its security label; with
     FUSE_POSIX_ACL negotiated the kernel keeps the "no ACL" answer, and a

@@ -24,7 +24,7 @@ import threading
 import time
 
 from empiarfs.errors import EmpiarfsError, InvalidInput
-from empiarfs.fuse.kernel_readahead import follow_link, tune_kernel_readahead
+from empiarfs.fuse.kernel_readahead import ReadaheadSteering, tune_kernel_readahead
 
 log = logging.getLogger(__name__)
 
@@ -294,7 +294,8 @@ def run_fuse(fs_factory, mountpoint: str, settings, *, foreground_debug: bool = 
 
 def _steer_kernel_readahead(operations, mountpoint: str, setting) -> threading.Event:
     """Start the thread that sets the mount's kernel read-ahead: once to a
-    fixed size, or (``auto``) following the link; the event stops it."""
+    fixed size, or (``auto``) following the link, also asked by every
+    ``open``; the event stops it."""
     stop = threading.Event()
     if setting == "auto":
         def link_state():
@@ -304,9 +305,10 @@ def _steer_kernel_readahead(operations, mountpoint: str, setting) -> threading.E
         def record(size):
             if operations.fs is not None:
                 operations.fs.mount_state["kernel_readahead"] = size
-        threading.Thread(target=follow_link, name="empiarfs-readahead", daemon=True,
-                         args=(mountpoint, link_state, stop),
-                         kwargs={"on_change": record}).start()
+        steering = ReadaheadSteering(mountpoint, link_state, on_change=record)
+        operations.before_open = steering.update
+        threading.Thread(target=steering.follow, name="empiarfs-readahead", daemon=True,
+                         args=(stop,)).start()
     elif setting:
         threading.Thread(target=tune_kernel_readahead, name="empiarfs-readahead", daemon=True,
                          args=(mountpoint, setting)).start()

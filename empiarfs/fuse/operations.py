@@ -108,6 +108,9 @@ class EmpiarOperations(mfusepy.Operations):
         self._next_handle = 1
         self._uid = os.getuid()
         self._gid = os.getgid()
+        # Called before each open() is answered (the kernel read-ahead
+        # steering: the kernel copies the mount's value into the file then).
+        self.before_open = None
 
     def _report(self, op: str, path, exc: BaseException, code: int) -> None:
         """Remember a failure for ``empiarfs stats`` and log it when a person
@@ -237,6 +240,11 @@ class EmpiarOperations(mfusepy.Operations):
     def open(self, path, fi):
         if fi.flags & WRITE_FLAGS:
             raise mfusepy.FuseOSError(errno.EROFS)
+        if self.before_open is not None:
+            try:
+                self.before_open()
+            except Exception as exc:   # tuning must never fail an open
+                log.debug("kernel read-ahead not updated: %s", exc)
         node = self.fs.stat(path)
         if node.is_dir:
             raise mfusepy.FuseOSError(errno.EISDIR)
