@@ -12,7 +12,8 @@ reads of 17-24 s against an 8 s deadline in 2 of 3 soaks with 1 MiB
 fixed). So by default (``kernel_readahead = auto``) the daemon raises it
 only while the link is fast and has been quiet, and lowers it at the
 first sign of trouble. The kernel copies the value into each file when it
-is opened: files opened later follow, open ones keep theirs.
+is opened (after the daemon answered ``open``, which brings the value up to
+date first): files opened later follow, open ones keep theirs.
 
 Only root may write the knob; otherwise the kernel's value stays.
 """

@@ -331,10 +331,8 @@ class EmpiarFS:
         """``(quickest_ttfb, faults)``: how soon replies can start (None
         before the first) and a running count of what went wrong on the way
         (stalls, retries, hedges, reads that failed or hit the deadline)."""
-        network = self.transport.stats.snapshot()
-        reader = self.reader.stats.snapshot()
-        faults = (network.get("stalls", 0) + network.get("retries", 0) + network.get("hedges", 0)
-                  + reader["errors"] + reader["deadlines"])
+        faults = (self.transport.stats.total("stalls", "retries", "hedges")
+                  + self.reader.stats.total("errors", "deadlines"))
         return self.transport.quickest_ttfb, faults
 
     def stats(self) -> dict:

@@ -239,6 +239,11 @@ class TransportStats:
             self._counts["errors"] += 1
             self._errors[kind] = self._errors.get(kind, 0) + 1
 
+    def total(self, *names: str) -> int:
+        """The sum of some counters (no copy of the rest: asked on every open)."""
+        with self._lock:
+            return sum(self._counts.get(name, 0) for name in names)
+
     def snapshot(self) -> dict:
         """Counters at this moment. ``bytes_received`` is an alias of
         ``bytes``; ``errors_by_kind`` maps e.g. ``"stall"``, ``"http_503"``."""
