@@ -102,6 +102,11 @@ class FetchJob:
 Part = tuple[bytes, int, int]
 
 
+def part_of(data: bytes, offset: int, size: int) -> Part:
+    """``data[offset:offset + size]`` as a part (clipped to ``data``)."""
+    return (data, min(offset, len(data)), min(offset + size, len(data)))
+
+
 def join_parts(parts: list[Part]) -> bytes:
     """The bytes of ``parts`` as one ``bytes`` (no copy for one whole block)."""
     if len(parts) == 1:

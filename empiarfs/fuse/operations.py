@@ -24,6 +24,7 @@ import time
 
 import mfusepy
 
+from empiarfs.cache.reader import part_of
 from empiarfs.errors import EmpiarfsError
 
 log = logging.getLogger(__name__)
@@ -279,8 +280,7 @@ class EmpiarOperations(mfusepy.Operations):
         if handle is None:
             raise mfusepy.FuseOSError(errno.EBADF)
         if isinstance(handle, _Snapshot):
-            data = handle.data
-            return [(data, min(offset, len(data)), min(offset + size, len(data)))]
+            return [part_of(handle.data, offset, size)]
         failure = handle.failure
         if failure is not None:
             until, start, end, code = failure

@@ -19,7 +19,7 @@ import time
 from empiarfs.cache.disk import CacheLocked, DiskStore
 from empiarfs.cache.memory import MemoryLRU
 from empiarfs.cache.readahead import connections_for_link
-from empiarfs.cache.reader import BlockReader, FileKey, Part, join_parts
+from empiarfs.cache.reader import BlockReader, FileKey, Part, join_parts, part_of
 from empiarfs.cache.stats import RecentErrors
 from empiarfs.config import Settings
 from empiarfs.errors import EmpiarfsError, InvalidInput, NotFound, RemoteError
@@ -226,7 +226,7 @@ class EmpiarFS:
             raise InvalidInput("negative offset or size")
         if node.kind == "virtual":
             data = self.catalog.content(node)
-            return [(data, min(offset, len(data)), min(offset + size, len(data)))]
+            return [part_of(data, offset, size)]
         if node.kind != "file":
             raise IsADirectoryError(f"{node.path}: not a regular file")
         if offset >= node.size or size == 0:

@@ -132,25 +132,25 @@ SEARCH_LISTINGS = 16
 
 def _files_below(directory, fs) -> list[str]:
     """Image files of the first folder under ``directory`` that has any
-    (see :data:`SEARCH_DEPTH`), or ``[]``."""
+    (see :data:`SEARCH_DEPTH`), or ``[]``. Each folder is listed once."""
     budget = SEARCH_LISTINGS
 
-    def walk(folder, depth) -> list[str]:
+    def walk(folders, depth) -> list[str]:
         nonlocal budget
-        for sub in _entries(folder, fs)[1]:
+        for folder in folders:
             if budget <= 0:
                 return []
             budget -= 1
-            files, _ = _entries(sub, fs)
+            files, deeper = _entries(folder, fs)
             if files:
                 return files
             if depth < SEARCH_DEPTH:
-                found = walk(sub, depth + 1)
+                found = walk(deeper, depth + 1)
                 if found:
                     return found
         return []
 
-    return walk(directory, 1)
+    return walk(_entries(directory, fs)[1], 1)
 
 
 def _is_dir(path, fs) -> bool:
