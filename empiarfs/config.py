@@ -208,8 +208,14 @@ def _coerce(settings: Settings) -> Settings:
         if f.name in _SIZE_FIELDS:
             changes[f.name] = parse_size(value)
         elif f.name == "kernel_readahead":
-            auto = isinstance(value, str) and value.strip().lower() == "auto"
-            changes[f.name] = "auto" if auto else parse_size(value)
+            if isinstance(value, str) and value.strip().lower() == "auto":
+                changes[f.name] = "auto"
+            else:
+                try:
+                    changes[f.name] = parse_size(value)
+                except InvalidInput:
+                    raise InvalidInput(f"setting kernel_readahead: want auto or a size (1M, "
+                                       f"512K, 0), not {value!r}") from None
         elif isinstance(default, bool):
             if isinstance(value, str):
                 word = value.strip().lower()

@@ -52,5 +52,5 @@ def test_setting_defaults_to_auto():
 
 
 def test_setting_rejects_other_words():
-    with pytest.raises(InvalidInput):
+    with pytest.raises(InvalidInput, match="want auto or a size"):
         Settings.load(env={"EMPIARFS_KERNEL_READAHEAD": "fast"})
